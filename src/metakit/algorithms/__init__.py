@@ -1,0 +1,15 @@
+"""Algorithm registry: each entry takes a `backbone` plus its own options."""
+
+from metakit.algorithms.base import Algorithm
+from metakit.algorithms.protonet import ProtoNet
+from metakit.registry import Registry
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+ALGORITHMS.register("protonet")(ProtoNet)
+
+
+def list_algorithms() -> list[str]:
+    return ALGORITHMS.names()
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "ProtoNet", "list_algorithms"]

@@ -1,0 +1,148 @@
+"""The `metakit` command: train, eval, data, recipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from metakit.errors import MetakitError
+
+app = typer.Typer(
+    help="Meta-learning and transfer learning on PyTorch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `metakit recipes`) or YAML file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a recipe into a run directory (config.yaml, metrics.jsonl, checkpoints/, tb/)."""
+    from metakit.config import load_config
+    from metakit.engine.trainer import resume_config
+    from metakit.engine.trainer import train as run_training
+
+    overrides = list(set_ or [])
+    if resume:
+        config = resume_config(out, overrides)
+    else:
+        config = load_config(recipe, overrides)
+    try:
+        summary = run_training(config, out, resume=resume, progress=progress)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", code=130)
+    typer.echo(json.dumps(summary))
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `metakit train`.")],
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's).")] = None,
+    ways: Annotated[int | None, typer.Option(help="N classes per episode.")] = None,
+    shots: Annotated[int | None, typer.Option(help="K support examples per class.")] = None,
+    queries: Annotated[int | None, typer.Option(help="Query examples per class.")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Number of test episodes.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the test episodes.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate a trained run on fixed-seed episodes: mean accuracy and its 95% CI."""
+    from metakit.engine.build import build_dataset, load_run, resolve_device
+    from metakit.engine.evaluate import evaluate
+
+    config, algorithm, _, meta = load_run(run_dir, checkpoint, device="cpu")
+    dev = resolve_device(device)
+    algorithm.to(dev)
+    e = config.eval
+    split = split or e.split
+    dataset = build_dataset(config).split(split)
+    result = evaluate(
+        algorithm,
+        dataset,
+        ways=ways or e.ways,
+        shots=shots or e.shots,
+        queries=queries or e.queries,
+        episodes=episodes or e.episodes,
+        seed=e.seed if seed is None else seed,
+        split=split,
+        device=dev,
+        progress=progress and not json_,
+    )
+    out = {**result.to_dict(), "checkpoint": checkpoint, "step": meta["step"], "run": str(run_dir)}
+    if json_:
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo(result.summary())
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes."""
+    from metakit.config import list_recipes, read_yaml, recipe_dir
+
+    for name in list_recipes():
+        doc = read_yaml(recipe_dir() / f"{name}.yaml").get("description", "")
+        typer.echo(f"{name:32s} {doc}")
+
+
+@data_app.command("info")
+def data_info(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]) -> None:
+    """Check a local dataset's structure, decode it once, and report what it holds."""
+    from metakit.data.store import cache_dir, data_root
+
+    if name != "omniglot":
+        from metakit.data import DATASETS
+
+        DATASETS.get(name)
+    from metakit.data import omniglot as og
+
+    info = og.info(download=False)
+    info.update(data_root=str(data_root()), cache=str(cache_dir()))
+    typer.echo(json.dumps(info, indent=2))
+
+
+@data_app.command("fetch")
+def data_fetch(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]) -> None:
+    """Download what is missing (checksum-verified) into the data root and decode it once."""
+    from metakit.data import DATASETS
+
+    DATASETS.get(name)
+    from metakit.data import omniglot as og
+
+    for split_name in og.VINYALS_SPLITS:
+        og.read_split_file(split_name, download=True)
+    typer.echo(json.dumps(og.info(download=True), indent=2))
+
+
+def main() -> None:
+    """Entry point: metakit errors become one clear line on stderr and exit code 2."""
+    try:
+        app()
+    except MetakitError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Run configuration: dataclasses, YAML recipes, and `--set key=value` overrides.
+
+`data`, `backbone` and `algorithm` are open sections (`name` plus that entry's options); they
+are validated against the registered factory's signature when the run is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from metakit.errors import ConfigError
+from metakit.registry import coerce_value
+
+
+@dataclass
+class TrainConfig:
+    split: str = "train"
+    val_split: str = "val"
+    ways: int = 60
+    shots: int = 1
+    queries: int = 5
+    episodes: int = 5000  # optimizer steps; each sees `meta_batch` episodes
+    meta_batch: int = 1
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_step: int = 2000  # step decay: lr *= lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    val_every: int = 500  # validate and checkpoint every N steps
+    val_episodes: int = 200
+    log_every: int = 25
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    episodes: int = 1000
+    seed: int = 0  # test episodes are fixed by this seed, independent of the training seed
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    metakit_version: str = ""  # filled in by the trainer, so a run says what produced it
+    device: str = "auto"
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "omniglot"})
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "conv4"})
+    algorithm: dict[str, Any] = field(default_factory=lambda: {"name": "protonet"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _build(cls, d, "config")
+
+    def validate(self) -> Config:
+        t = self.train
+        checks = [
+            (t.ways >= 1 and t.shots >= 1 and t.queries >= 1, "train ways/shots/queries must be >= 1"),
+            (t.episodes >= 0, "train.episodes must be >= 0"),
+            (t.meta_batch >= 1, "train.meta_batch must be >= 1"),
+            (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
+            (t.lr_step >= 1, "train.lr_step must be >= 1"),
+            (0 < t.lr_gamma <= 1, "train.lr_gamma must lie in (0, 1]"),
+            (t.val_every >= 1 and t.log_every >= 1, "train.val_every and log_every must be >= 1"),
+            (self.eval.episodes >= 1, "eval.episodes must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for section in ("data", "backbone", "algorithm"):
+            if "name" not in getattr(self, section):
+                raise ConfigError(f"the {section} section needs a 'name'")
+        return self
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown key {sorted(unknown)[0]!r} in {where}; accepted: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        elif typing.get_origin(hint) is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a mapping")
+            kwargs[key] = dict(value)
+        else:
+            kwargs[key] = coerce_value(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides to a config dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=0.001")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a config section")
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return d
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("metakit") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return data
+
+
+def load_config(recipe_or_path: str, overrides: list[str] | None = None) -> Config:
+    """A recipe name (see `metakit recipes`) or a YAML file, plus overrides → validated Config."""
+    path = Path(recipe_or_path)
+    if not path.suffix:
+        path = recipe_dir() / f"{recipe_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"no recipe named {recipe_or_path!r}; available: {', '.join(list_recipes())}"
+            )
+    elif not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    d = read_yaml(path)
+    d.setdefault("name", path.stem)
+    return Config.from_dict(apply_overrides(d, overrides or [])).validate()
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,75 @@
+"""`ClassDataset`: one split's images as a preloaded uint8 tensor, grouped by class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from metakit.data.preprocess import Preprocess
+from metakit.errors import ConfigError
+
+
+@dataclass
+class ClassDataset:
+    """Images `[N, C, H, W]` (uint8) with labels `0..num_classes-1` and class names.
+
+    Episodes index into `images`; nothing is decoded or read from disk per episode.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str = ""
+    class_index: list[torch.Tensor] = field(init=False, repr=False)
+    dense_index: torch.Tensor | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError("images must be [N, C, H, W] with one label per image")
+        order = torch.argsort(self.labels, stable=True)
+        counts = torch.bincount(self.labels, minlength=len(self.class_names))
+        self.class_index = list(torch.split(order, counts.tolist()))
+        same = bool((counts == counts[0]).all()) if len(counts) else False
+        self.dense_index = order.view(len(counts), -1) if same and counts[0] > 0 else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return torch.tensor([len(ix) for ix in self.class_index])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassDataset({self.name!r}, classes={self.num_classes}, images={len(self)}, "
+            f"shape={list(self.images.shape[1:])})"
+        )
+
+
+@dataclass
+class SplitDataset:
+    """A dataset with named class splits, each built lazily on first use and then kept."""
+
+    name: str
+    preprocess: Preprocess
+    builders: dict[str, Callable[[], ClassDataset]]
+    _built: dict[str, ClassDataset] = field(default_factory=dict, repr=False)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.builders)
+
+    def split(self, name: str) -> ClassDataset:
+        if name not in self.builders:
+            raise ConfigError(
+                f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.builders)}"
+            )
+        if name not in self._built:
+            self._built[name] = self.builders[name]()
+        return self._built[name]

@@ -1,0 +1,196 @@
+"""The episodic training loop, readable top to bottom.
+
+sample episodes → meta_loss → step → log → every `val_every` steps: validate, checkpoint.
+State that matters for an exact resume (weights, optimizer, step, best metric, RNG) lives in
+`checkpoints/last.safetensors`; episodes depend only on `(seed, index)`, so a resumed run
+sees exactly the episodes the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from metakit import __version__
+from metakit.config import Config, read_yaml, save_config
+from metakit.data.sampler import TaskSampler
+from metakit.engine.build import build_algorithm, build_dataset, resolve_device
+from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
+from metakit.engine.evaluate import evaluate
+from metakit.errors import ConfigError, TrainingError
+from metakit.tracking import RunLogger
+
+# Keys that may change when a run is resumed; anything else would silently change the run.
+RESUMABLE_KEYS = {("train", "episodes"), ("device",)}
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was started with, plus overrides that are safe on resume (e.g. more steps)."""
+    from metakit.config import apply_overrides
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no config.yaml; it is not a metakit run to resume")
+    saved = read_yaml(path)
+    for item in overrides:
+        key = tuple(item.split("=", 1)[0].strip().split("."))
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"cannot change {'.'.join(key)} when resuming (only "
+                f"{', '.join('.'.join(k) for k in sorted(RESUMABLE_KEYS))}); start a new run instead"
+            )
+    return Config.from_dict(apply_overrides(saved, overrides)).validate()
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[dict[str, bool]]:
+    """First Ctrl-C asks the loop to checkpoint and stop at the next step; a second one kills."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(
+    config: Config, out: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
+    config.validate()
+    t, e = config.train, config.eval
+    out = Path(out)
+    last = out / "checkpoints" / "last.safetensors"
+    if resume and not last.exists():
+        raise ConfigError(f"nothing to resume: {last} does not exist")
+    if not resume and last.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or pick another --out")
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    dataset = build_dataset(config)
+    sampler = TaskSampler(dataset.split(t.split), t.ways, t.shots, t.queries, seed=config.seed)
+    val_set = dataset.split(t.val_split)
+    TaskSampler(val_set, e.ways, e.shots, e.queries)  # fail now, not after an hour, if impossible
+    algorithm = build_algorithm(config, dataset.preprocess).to(device)
+    optimizer = make_optimizer(config, algorithm.parameters())
+
+    step, best, seconds = 0, -math.inf, 0.0
+    if resume:
+        meta = load_checkpoint(last, algorithm, optimizer, restore_rng=True)
+        step, best, seconds = meta["step"], meta["best_metric"], meta.get("train_seconds", 0.0)
+    config.metakit_version = __version__
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    base_meta = {
+        "config": config.to_dict(),
+        "preprocess": dataset.preprocess.to_dict(),
+        "seed": config.seed,
+        "metakit_version": __version__,
+        "metric": f"{t.val_split}_accuracy",
+    }
+
+    def checkpoint(name: str) -> None:
+        meta = {**base_meta, "step": step, "best_metric": best, "train_seconds": seconds}
+        save_checkpoint(out / "checkpoints" / f"{name}.safetensors", algorithm, meta, optimizer)
+
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    bar = tqdm(total=t.episodes, initial=step, disable=not progress, unit="step", desc=config.name)
+    with RunLogger(out, start_step=step) as logger, stop_on_interrupt() as interrupt:
+        algorithm.train()
+        while step < t.episodes:
+            tic = time.perf_counter()
+            lr = t.lr * t.lr_gamma ** (step // t.lr_step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if t.meta_batch == 1:
+                batch = sampler.sample(step)
+            else:
+                batch = sampler.batch(step * t.meta_batch, t.meta_batch)
+            loss, metrics = algorithm.meta_loss(batch.to(device))
+            if not math.isfinite(metrics["loss"]):
+                raise TrainingError(
+                    f"the loss became {metrics['loss']} at step {step + 1}; stopping. Lower "
+                    f"train.lr (now {lr:g}) or set train.grad_clip, then resume from the last "
+                    f"checkpoint with --resume (it holds step {step - step % t.val_every})."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(algorithm.parameters(), t.grad_clip)
+            optimizer.step()
+            step += 1
+            seconds += time.perf_counter() - tic
+
+            for key, value in metrics.items():
+                window[key] = window.get(key, 0.0) + value
+            window_steps += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.episodes:
+                elapsed = time.perf_counter() - window_start
+                row = {k: v / window_steps for k, v in window.items()}
+                row.update(lr=lr, episodes_per_s=window_steps * t.meta_batch / max(elapsed, 1e-9))
+                logger.log(step, "train", row)
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    acc=f"{row.get('accuracy', float('nan')):.3f}",
+                    ep_s=f"{row['episodes_per_s']:.1f}",
+                )
+                window, window_steps, window_start = {}, 0, time.perf_counter()
+
+            if step % t.val_every == 0 or step == t.episodes:
+                val = evaluate(
+                    algorithm, val_set, e.ways, e.shots, e.queries, t.val_episodes,
+                    seed=e.seed, split=t.val_split, device=device,
+                )
+                logger.log(step, "val", {"accuracy": val.accuracy, "ci95": val.ci95})
+                bar.write(f"step {step}: {t.val_split} {val.summary()}")
+                if val.accuracy > best:
+                    best = val.accuracy
+                    checkpoint("best")
+                checkpoint("last")
+            if interrupt["stop"]:
+                checkpoint("last")
+                bar.close()
+                raise KeyboardInterrupt(
+                    f"interrupted at step {step}; checkpoint saved, continue with --resume"
+                )
+        bar.close()
+    return {
+        "steps": step,
+        "best_val_accuracy": best,
+        "train_seconds": round(seconds, 2),
+        "episodes_per_s": round(step * t.meta_batch / max(seconds, 1e-9), 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "run_dir": str(out),
+    }

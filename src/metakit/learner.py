@@ -1,0 +1,81 @@
+"""`Learner`: the sklearn-like face of a trained algorithm (`metakit.load(DIR)` returns one)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metakit.algorithms.base import Algorithm, TaskState
+from metakit.data.preprocess import ImageInput, Preprocess
+from metakit.errors import DataError, MetakitError
+
+
+class Learner:
+    """`fit(x, y)` adapts to a support set; `predict`/`predict_proba` classify new inputs.
+
+    Inputs go through the same preprocessing the model was trained with, whether they are a
+    tensor, PIL images or file paths. Labels may be any hashable values (ints, strings).
+    """
+
+    def __init__(self, algorithm: Algorithm, preprocess: Preprocess, device: str | torch.device = "cpu"):
+        self.algorithm = algorithm.eval()
+        self.preprocess = preprocess
+        self.device = torch.device(device)
+        self.classes_: list[Hashable] = []
+        self._state: TaskState | None = None
+
+    def _inputs(self, x: ImageInput) -> torch.Tensor:
+        return self.preprocess(x).to(self.device)
+
+    def fit(self, x: ImageInput, y: Sequence[Hashable] | torch.Tensor) -> Learner:
+        """Adapt to support examples `x` with labels `y` (at least one example per class)."""
+        inputs = self._inputs(x)
+        labels = y.tolist() if isinstance(y, torch.Tensor) else list(y)
+        if len(labels) != inputs.shape[0]:
+            raise DataError(f"fit got {inputs.shape[0]} inputs but {len(labels)} labels")
+        try:
+            self.classes_ = sorted(set(labels))  # type: ignore[type-var]
+        except TypeError:
+            self.classes_ = list(dict.fromkeys(labels))
+        if len(self.classes_) < 2:
+            raise DataError("fit needs examples of at least two classes")
+        index = {c: i for i, c in enumerate(self.classes_)}
+        targets = torch.tensor([index[label] for label in labels], device=self.device)
+        with self.algorithm.inference():
+            self._state = self.algorithm.adapt(inputs, targets)
+        return self
+
+    def predict_proba(self, x: ImageInput) -> torch.Tensor:
+        """Class probabilities `[N, len(classes_)]`, columns in the order of `classes_`."""
+        if self._state is None:
+            raise MetakitError("call fit(x, y) with a support set before predicting")
+        with self.algorithm.inference():
+            logits = self.algorithm.logits(self._state, self._inputs(x))
+        return logits.softmax(-1).detach().cpu()
+
+    def predict(self, x: ImageInput) -> torch.Tensor | list[Hashable]:
+        """Predicted labels: a tensor when the fitted labels were ints, else a list."""
+        best = self.predict_proba(x).argmax(-1)
+        labels = [self.classes_[i] for i in best.tolist()]
+        if all(isinstance(c, int) for c in self.classes_):
+            return torch.tensor(labels)
+        return labels
+
+    def embed(self, x: ImageInput) -> torch.Tensor:
+        """Backbone features `[N, D]`, usable as a plain embedding."""
+        with torch.inference_mode():
+            return self.algorithm.embed(self._inputs(x)).cpu()
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Learner:
+    """The trained Learner of a run directory (from its `best` checkpoint by default)."""
+    from metakit.engine.build import load_run
+
+    _, algorithm, preprocess, _ = load_run(Path(run_dir), checkpoint, device)
+    return Learner(algorithm, preprocess, device)
+
+
+__all__: list[Any] = ["Learner", "load"]

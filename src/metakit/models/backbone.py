@@ -1,0 +1,27 @@
+"""`Backbone`: a feature extractor made of blocks, plus a separate, replaceable head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """`features` (an `nn.Sequential` of blocks) → flatten → `head` (identity unless set).
+
+    Keeping blocks separate lets transfer learning freeze the first N of them, and keeping the
+    head separate lets metric methods use the embedding while classifiers swap in a new head.
+    """
+
+    def __init__(self, blocks: list[nn.Module], out_dim: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*blocks)
+        self.out_dim = out_dim
+        self.head: nn.Module = nn.Linear(out_dim, num_classes) if num_classes else nn.Identity()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature vector `[N, out_dim]` (before the head)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))

@@ -1,0 +1,33 @@
+"""Conv-4 (Vinyals et al. 2016): four blocks of conv3x3(64) → BatchNorm → ReLU → max-pool 2x2."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metakit.models.backbone import Backbone
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+def conv4(
+    in_channels: int = 1,
+    image_size: int = 28,
+    hidden: int = 64,
+    depth: int = 4,
+    num_classes: int = 0,
+) -> Backbone:
+    """Embedding of size `hidden * (image_size // 2**depth)**2` (64 for 28x28 Omniglot)."""
+    if depth < 1 or image_size < 2**depth:
+        raise ValueError(f"image_size {image_size} is too small for {depth} pooling blocks")
+    blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+    spatial = image_size
+    for _ in range(depth):
+        spatial //= 2
+    return Backbone(blocks, out_dim=hidden * spatial * spatial, num_classes=num_classes)
