@@ -22,6 +22,7 @@ def conv4(
     hidden: int = 64,
     depth: int = 4,
     num_classes: int = 0,
+    channels_last: bool = True,
 ) -> Backbone:
     """Embedding of size `hidden * (image_size // 2**depth)**2` (64 for 28x28 Omniglot)."""
     if depth < 1 or image_size < 2**depth:
@@ -30,4 +31,5 @@ def conv4(
     spatial = image_size
     for _ in range(depth):
         spatial //= 2
-    return Backbone(blocks, out_dim=hidden * spatial * spatial, num_classes=num_classes)
+    out_dim = hidden * spatial * spatial
+    return Backbone(blocks, out_dim, num_classes=num_classes, channels_last=channels_last)
