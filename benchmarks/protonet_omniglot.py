@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from common import hardware, metakit, write_results
-
 from metakit.config import load_config
 
 PUBLISHED = {  # Snell et al. 2017, Table 1 (Omniglot, Vinyals split), accuracy in %
@@ -36,10 +35,14 @@ def training_key(recipe: str, overrides: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--recipes", default=",".join(PUBLISHED))
     parser.add_argument("--out", type=Path, default=Path("runs/bench/protonet_omniglot"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/protonet_omniglot"))
+    parser.add_argument(
+        "--results", type=Path, default=Path("benchmarks/results/protonet_omniglot")
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per recipe")
     args = parser.parse_args()
@@ -53,34 +56,62 @@ def main() -> None:
             run_dir = args.out / recipe
             sets = [x for o in args.overrides for x in ("--set", o)]
             resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-            summary = metakit("train", recipe, "--out", str(run_dir), "--no-progress", *sets,
-                              *(["--resume"] if resume else []))
+            summary = metakit(
+                "train",
+                recipe,
+                "--out",
+                str(run_dir),
+                "--no-progress",
+                *sets,
+                *(["--resume"] if resume else []),
+            )
             trained[key] = (run_dir, {**summary, "trained_by": recipe})
         run_dir, summary = trained[key]
         config = load_config(recipe, args.overrides).eval
         start = time.perf_counter()
         result = metakit(
-            "eval", str(run_dir), "--json", "--no-progress", "--split", config.split,
-            "--ways", str(config.ways), "--shots", str(config.shots),
-            "--queries", str(config.queries), "--episodes", str(args.episodes),
+            "eval",
+            str(run_dir),
+            "--json",
+            "--no-progress",
+            "--split",
+            config.split,
+            "--ways",
+            str(config.ways),
+            "--shots",
+            str(config.shots),
+            "--queries",
+            str(config.queries),
+            "--episodes",
+            str(args.episodes),
         )
-        rows.append({
-            "recipe": recipe,
-            "accuracy": result["accuracy"],
-            "ci95": result["ci95"],
-            "published": PUBLISHED.get(recipe),
-            "protocol": {k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")},
-            "eval_seconds": round(time.perf_counter() - start, 1),
-            "train": summary,
-        })
+        rows.append(
+            {
+                "recipe": recipe,
+                "accuracy": result["accuracy"],
+                "ci95": result["ci95"],
+                "published": PUBLISHED.get(recipe),
+                "protocol": {
+                    k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")
+                },
+                "eval_seconds": round(time.perf_counter() - start, 1),
+                "train": summary,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
-    results = {"benchmark": "protonet_omniglot", "hardware": hardware(),
-               "overrides": args.overrides, "results": rows}
+    results = {
+        "benchmark": "protonet_omniglot",
+        "hardware": hardware(),
+        "overrides": args.overrides,
+        "results": rows,
+    }
     lines = [
-        f"# Prototypical Networks on Omniglot (Vinyals split, {args.episodes} test episodes, 15 queries/class)",
+        f"# Prototypical Networks on Omniglot (Vinyals split, {args.episodes} test episodes, "
+        "15 queries/class)",
         "",
-        "| recipe | accuracy (%) | 95% CI | published | train time (min) | episodes/s | peak RSS (MB) | trained by |",
+        "| recipe | accuracy (%) | 95% CI | published | train time (min) | episodes/s "
+        "| peak RSS (MB) | trained by |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -91,7 +122,10 @@ def main() -> None:
             f"{t['peak_memory_mb']} | {t['trained_by']} |"
         )
     hw = results["hardware"]
-    lines += ["", f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}."]
+    lines += [
+        "",
+        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}.",
+    ]
     write_results(args.results, results, "\n".join(lines) + "\n")
     print(json.dumps({"written": str(args.results.with_suffix(".json"))}))
 

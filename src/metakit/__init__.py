@@ -11,10 +11,10 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+local"
 
-from metakit.algorithms import list_algorithms  # noqa: E402
-from metakit.data import DATASETS, Episode, TaskSampler  # noqa: E402
-from metakit.learner import Learner, load  # noqa: E402
-from metakit.models import create_backbone, list_backbones  # noqa: E402
+from metakit.algorithms import list_algorithms
+from metakit.data import DATASETS, Episode, TaskSampler
+from metakit.learner import Learner, load
+from metakit.models import create_backbone, list_backbones
 
 
 def list_datasets() -> list[str]:

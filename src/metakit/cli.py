@@ -28,12 +28,16 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (see `metakit recipes`) or YAML file.")],
+    recipe: Annotated[
+        str, typer.Argument(help="Recipe name (see `metakit recipes`) or YAML file.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out where it stopped.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a recipe into a run directory (config.yaml, metrics.jsonl, checkpoints/, tb/)."""
@@ -42,10 +46,7 @@ def train(
     from metakit.engine.trainer import train as run_training
 
     overrides = list(set_ or [])
-    if resume:
-        config = resume_config(out, overrides)
-    else:
-        config = load_config(recipe, overrides)
+    config = resume_config(out, overrides) if resume else load_config(recipe, overrides)
     try:
         summary = run_training(config, out, resume=resume, progress=progress)
     except KeyboardInterrupt as e:
@@ -56,7 +57,9 @@ def train(
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `metakit train`.")],
-    split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split to evaluate (default: the recipe's).")
+    ] = None,
     ways: Annotated[int | None, typer.Option(help="N classes per episode.")] = None,
     shots: Annotated[int | None, typer.Option(help="K support examples per class.")] = None,
     queries: Annotated[int | None, typer.Option(help="Query examples per class.")] = None,

@@ -72,7 +72,10 @@ class Config:
     def validate(self) -> Config:
         t = self.train
         checks = [
-            (t.ways >= 1 and t.shots >= 1 and t.queries >= 1, "train ways/shots/queries must be >= 1"),
+            (
+                t.ways >= 1 and t.shots >= 1 and t.queries >= 1,
+                "train ways/shots/queries must be >= 1",
+            ),
             (t.episodes >= 0, "train.episodes must be >= 0"),
             (t.meta_batch >= 1, "train.meta_batch must be >= 1"),
             (t.lr > 0, f"train.lr must be positive, got {t.lr}"),

@@ -20,7 +20,9 @@ class Learner:
     tensor, PIL images or file paths. Labels may be any hashable values (ints, strings).
     """
 
-    def __init__(self, algorithm: Algorithm, preprocess: Preprocess, device: str | torch.device = "cpu"):
+    def __init__(
+        self, algorithm: Algorithm, preprocess: Preprocess, device: str | torch.device = "cpu"
+    ):
         self.algorithm = algorithm.eval()
         self.preprocess = preprocess
         self.device = torch.device(device)

@@ -52,7 +52,7 @@ class Registry(Generic[T]):
 
 
 def coerce_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """Check `kwargs` against `fn`'s signature and coerce strings (from --set) to annotated types."""
+    """Check `kwargs` against `fn`'s signature; coerce strings (from --set) to annotated types."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     sig = inspect.signature(fn)
     try:

@@ -44,7 +44,7 @@ class Algorithm(nn.Module):
 
     def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss over the tasks of `batch`, and metrics (`loss`, `accuracy`) as floats."""
-        losses, accs = zip(*(self.task_loss(task) for task in batch.tasks()))
+        losses, accs = zip(*(self.task_loss(task) for task in batch.tasks()), strict=False)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), "accuracy": torch.stack(accs).mean().item()}
 

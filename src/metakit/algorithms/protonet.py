@@ -24,7 +24,11 @@ def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
 
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise `||a_i - b_j||^2`, `[len(a), len(b)]`, via one matrix product."""
-    d = a.pow(2).sum(-1, keepdim=True) - 2 * a @ b.transpose(-1, -2) + b.pow(2).sum(-1).unsqueeze(-2)
+    d = (
+        a.pow(2).sum(-1, keepdim=True)
+        - 2 * a @ b.transpose(-1, -2)
+        + b.pow(2).sum(-1).unsqueeze(-2)
+    )
     return d.clamp_min(0)
 
 
@@ -50,7 +54,9 @@ class ProtoNet(Algorithm):
     ) -> None:
         super().__init__(backbone)
         if distance not in ("euclidean", "cosine"):
-            raise ConfigError(f"protonet distance must be 'euclidean' or 'cosine', got {distance!r}")
+            raise ConfigError(
+                f"protonet distance must be 'euclidean' or 'cosine', got {distance!r}"
+            )
         scale = (1.0 if distance == "euclidean" else 10.0) if scale is None else scale
         if scale <= 0:
             raise ConfigError(f"protonet scale must be positive, got {scale}")

@@ -68,7 +68,8 @@ class SplitDataset:
     def split(self, name: str) -> ClassDataset:
         if name not in self.builders:
             raise ConfigError(
-                f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.builders)}"
+                f"dataset {self.name!r} has no split {name!r}; "
+                f"available: {', '.join(self.builders)}"
             )
         if name not in self._built:
             self._built[name] = self.builders[name]()

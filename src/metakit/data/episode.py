@@ -27,9 +27,7 @@ class Episode:
         return int(self.support_y.max()) + 1
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Episode:
-        return Episode(
-            *(t.to(device, non_blocking=non_blocking) for t in self.tensors())
-        )
+        return Episode(*(t.to(device, non_blocking=non_blocking) for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return (self.support_x, self.support_y, self.query_x, self.query_y)
@@ -38,9 +36,13 @@ class Episode:
         """Split a batched episode into its tasks (a plain episode is its own single task)."""
         if not self.batched:
             return [self]
-        return [Episode(*parts) for parts in zip(*(t.unbind(0) for t in self.tensors()))]
+        return [
+            Episode(*parts) for parts in zip(*(t.unbind(0) for t in self.tensors()), strict=False)
+        ]
 
     @staticmethod
     def stack(episodes: Sequence[Episode]) -> Episode:
         """Stack same-shaped episodes into one batched episode with a leading task dimension."""
-        return Episode(*(torch.stack(ts) for ts in zip(*(e.tensors() for e in episodes))))
+        return Episode(
+            *(torch.stack(ts) for ts in zip(*(e.tensors() for e in episodes), strict=False))
+        )

@@ -119,7 +119,9 @@ def load_characters(image_size: int = 28, download: bool = True) -> tuple[torch.
                             img = Image.open(io.BytesIO(data))
                             images.append(prep.pil_to_uint8(img))
                         except OSError as e:
-                            raise ArchiveError(f"{path}: {entry} is not a valid PNG ({e})") from None
+                            raise ArchiveError(
+                                f"{path}: {entry} is not a valid PNG ({e})"
+                            ) from None
         x = torch.stack(images).view(len(names), IMAGES_PER_CHARACTER, 1, image_size, image_size)
         return {"images": x}, {"characters": names}
 
@@ -144,7 +146,9 @@ def _rotated_classes(
     try:
         rows = torch.tensor([index[c] for c, _ in entries])
     except KeyError as e:
-        raise DataError(f"split {name!r} names character {e.args[0]!r}, not in the archives") from None
+        raise DataError(
+            f"split {name!r} names character {e.args[0]!r}, not in the archives"
+        ) from None
     turns = torch.tensor([k for _, k in entries])
     out = images[rows].clone()  # [C, 20, 1, S, S]
     for k in (1, 2, 3):

@@ -74,7 +74,7 @@ class Preprocess:
         return to_float(self.load_uint8(x))
 
     def _check_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Accept `[N, C, S, S]` or `[N, S, S]` (single channel); uint8 raw or float preprocessed."""
+        """Accept `[N, C, S, S]` or `[N, S, S]` (one channel); raw uint8 or preprocessed float."""
         if x.dim() == 3 and self.channels == 1:
             x = x.unsqueeze(1)
         expected = (self.channels, self.image_size, self.image_size)

@@ -44,7 +44,11 @@ def build_algorithm(config: Config, preprocess: Preprocess) -> Algorithm:
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     path = Path(run_dir) / "checkpoints" / f"{which}.safetensors"
     if not path.exists():
-        have = sorted(p.stem for p in path.parent.glob("*.safetensors")) if path.parent.exists() else []
+        have = (
+            sorted(p.stem for p in path.parent.glob("*.safetensors"))
+            if path.parent.exists()
+            else []
+        )
         hint = f"it has: {', '.join(have)}" if have else "train one with `metakit train`"
         raise CheckpointError(f"no {which!r} checkpoint in {run_dir}; {hint}")
     return path

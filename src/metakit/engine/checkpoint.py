@@ -56,7 +56,9 @@ def save_checkpoint(
         tensors[RNG + "torch"] = torch.get_rng_state()
     text = json.dumps(meta)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"metakit": text}))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(
+        path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
+    )
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -66,7 +68,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except (SafetensorError, KeyError, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or not a metakit checkpoint ({e})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or not a metakit checkpoint ({e})"
+        ) from None
 
 
 def load_checkpoint(
@@ -98,7 +102,9 @@ def load_checkpoint(
                 state.setdefault(int(idx), {})[name] = value
         for idx, scalars in meta["optimizer"]["scalars"].items():
             state.setdefault(int(idx), {}).update(scalars)
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        optimizer.load_state_dict(
+            {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+        )
     if restore_rng and RNG + "torch" in tensors:
         torch.set_rng_state(tensors[RNG + "torch"])
     return meta

@@ -35,7 +35,7 @@ RESUMABLE_KEYS = {("train", "episodes"), ("device",)}
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config a run was started with, plus overrides that are safe on resume (e.g. more steps)."""
+    """The config a run started with, plus overrides that are safe on resume (more steps)."""
     from metakit.config import apply_overrides
 
     path = run_dir / "config.yaml"
@@ -47,7 +47,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
         if key not in RESUMABLE_KEYS:
             raise ConfigError(
                 f"cannot change {'.'.join(key)} when resuming (only "
-                f"{', '.join('.'.join(k) for k in sorted(RESUMABLE_KEYS))}); start a new run instead"
+                f"{', '.join('.'.join(k) for k in sorted(RESUMABLE_KEYS))}); "
+                "start a new run instead"
             )
     return Config.from_dict(apply_overrides(saved, overrides)).validate()
 
@@ -82,9 +83,7 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train(
-    config: Config, out: Path, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
+def train(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
     config.validate()
     t, e = config.train, config.eval
@@ -93,7 +92,9 @@ def train(
     if resume and not last.exists():
         raise ConfigError(f"nothing to resume: {last} does not exist")
     if not resume and last.exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or pick another --out")
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it, or pick another --out"
+        )
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -170,8 +171,15 @@ def train(
 
             if step % t.val_every == 0 or step == t.episodes:
                 val = evaluate(
-                    algorithm, val_set, e.ways, e.shots, e.queries, t.val_episodes,
-                    seed=e.seed, split=t.val_split, device=device,
+                    algorithm,
+                    val_set,
+                    e.ways,
+                    e.shots,
+                    e.queries,
+                    t.val_episodes,
+                    seed=e.seed,
+                    split=t.val_split,
+                    device=device,
                 )
                 logger.log(step, "val", {"accuracy": val.accuracy, "ci95": val.ci95})
                 bar.write(f"step {step}: {t.val_split} {val.summary()}")
