@@ -101,7 +101,7 @@ def test_interrupt_saves_and_resume_continues(tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
-    deadline = time.time() + 60
+    deadline = time.time() + 300
     while time.time() < deadline and not (
         metrics.exists() and metrics.read_text().count("\n") >= 3
     ):

@@ -106,3 +106,18 @@ def test_omniglot_episode_shapes(omniglot):
     assert isinstance(ep, Episode)
     assert ep.support_x.shape == (100, 1, 28, 28) and ep.query_x.shape == (100, 1, 28, 28)
     assert ep.support_x.dtype == torch.float32
+
+
+def test_lake_split_counts():
+    from metakit.data.omniglot import LAKE_VAL_ALPHABETS, omniglot
+
+    try:
+        lake = omniglot(split="lake", download=False)
+        background = lake.split("background")
+    except Exception as e:  # pragma: no cover - only without data
+        pytest.skip(str(e))
+    assert background.num_classes == 964 and lake.split("evaluation").num_classes == 659
+    train, val, test = (lake.split(s) for s in ("train", "val", "test"))
+    assert train.num_classes + val.num_classes == 964 and test.num_classes == 659
+    assert {n.split("/")[0] for n in val.class_names} == set(LAKE_VAL_ALPHABETS)
+    assert not {n.split("/")[0] for n in train.class_names} & set(LAKE_VAL_ALPHABETS)

@@ -17,7 +17,14 @@ from metakit.data.store import (
     read_member,
     safe_extract,
 )
-from metakit.errors import ArchiveError, ChecksumError, DataError
+from metakit.errors import (
+    ArchiveError,
+    ArchiveStructureError,
+    ChecksumError,
+    DataError,
+    TruncatedArchiveError,
+    UnsafeArchiveError,
+)
 
 
 def png_bytes() -> bytes:
@@ -67,7 +74,7 @@ def test_truncated_archive(tmp_path):
     good = make_omniglot_zip(tmp_path / "good.zip", "background", 1, 1, 2)
     cut = tmp_path / "cut.zip"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ArchiveError, match="truncated or is not a zip"):
+    with pytest.raises(TruncatedArchiveError, match="truncated or is not a zip"):
         open_zip(cut)
 
 
@@ -84,7 +91,9 @@ def test_corrupt_entry(tmp_path):
 
 def test_wrong_structure(tmp_path):
     path = make_omniglot_zip(tmp_path / "images_background.zip", "background", 2, 3)
-    with pytest.raises(ArchiveError, match="found 2 alphabets / 6 characters / 120 images"):
+    with pytest.raises(
+        ArchiveStructureError, match="found 2 alphabets / 6 characters / 120 images"
+    ):
         og.check_structure(path, "background")
 
 
@@ -94,7 +103,7 @@ def test_path_escaping_entry_is_rejected(tmp_path, name):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ok.txt", b"fine")
         zf.writestr(name, b"bad")
-    with pytest.raises(ArchiveError, match="escapes the target folder"):
+    with pytest.raises(UnsafeArchiveError, match="escapes the target folder"):
         open_zip(path)
 
 

@@ -27,3 +27,15 @@ class TrainingError(MetakitError):
 
 class CheckpointError(MetakitError):
     """A checkpoint or run directory is missing or unreadable."""
+
+
+class TruncatedArchiveError(ArchiveError):
+    """The archive is cut short or is not an archive at all."""
+
+
+class ArchiveStructureError(ArchiveError):
+    """The archive opens but does not hold what the dataset should (counts, layout)."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An entry's path would escape the folder it is extracted into."""

@@ -28,7 +28,7 @@ from metakit.data.store import (
     read_member,
     verify_checksum,
 )
-from metakit.errors import ArchiveError, DataError
+from metakit.errors import ArchiveError, ArchiveStructureError, DataError
 
 _BASE = "https://github.com/brendenlake/omniglot/raw/master/python"
 ARCHIVES = {
@@ -80,7 +80,7 @@ def check_structure(path: Path, part: str) -> dict[str, list[str]]:
     alphabets = {c.split("/")[0] for c in chars}
     found = (len(alphabets), len(chars), sum(len(v) for v in chars.values()))
     if found != STRUCTURE[part]:
-        raise ArchiveError(
+        raise ArchiveStructureError(
             f"{path} does not have the structure of Omniglot's images_{part}.zip: found "
             f"{found[0]} alphabets / {found[1]} characters / {found[2]} images, expected "
             f"{STRUCTURE[part][0]} / {STRUCTURE[part][1]} / {STRUCTURE[part][2]}. "
@@ -88,7 +88,7 @@ def check_structure(path: Path, part: str) -> dict[str, list[str]]:
         )
     uneven = [c for c, v in chars.items() if len(v) != IMAGES_PER_CHARACTER]
     if uneven:
-        raise ArchiveError(f"{path}: character {uneven[0]} does not have 20 images")
+        raise ArchiveStructureError(f"{path}: character {uneven[0]} does not have 20 images")
     return {c: sorted(v) for c, v in sorted(chars.items())}
 
 

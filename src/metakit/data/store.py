@@ -23,7 +23,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from metakit.errors import ArchiveError, ChecksumError, DataError
+from metakit.errors import (
+    ArchiveError,
+    ChecksumError,
+    DataError,
+    TruncatedArchiveError,
+    UnsafeArchiveError,
+)
 
 
 def data_root() -> Path:
@@ -110,7 +116,7 @@ def open_zip(path: Path) -> zipfile.ZipFile:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
-        raise ArchiveError(
+        raise TruncatedArchiveError(
             f"{path} is truncated or is not a zip archive ({e}); delete it and fetch it again"
         ) from None
     for name in zf.namelist():
@@ -122,7 +128,7 @@ def check_member_name(name: str, archive: Path) -> None:
     """Reject absolute paths and `..` components: such an entry could escape a target folder."""
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
-        raise ArchiveError(
+        raise UnsafeArchiveError(
             f"{archive} has an entry {name!r} that escapes the target folder; refusing to use it"
         )
 
@@ -144,7 +150,9 @@ def safe_extract(zf: zipfile.ZipFile, target: Path) -> None:
         check_member_name(info.filename, Path(zf.filename or "archive"))
         dest = (target / info.filename).resolve()
         if not dest.is_relative_to(target):
-            raise ArchiveError(f"entry {info.filename!r} escapes {target}; refusing to extract")
+            raise UnsafeArchiveError(
+                f"entry {info.filename!r} escapes {target}; refusing to extract"
+            )
     zf.extractall(target)
 
 
