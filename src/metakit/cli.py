@@ -109,18 +109,22 @@ def recipes() -> None:
         typer.echo(f"{name:32s} {doc}")
 
 
+def dataset_module(name: str):  # type: ignore[no-untyped-def]
+    """The module of a registered dataset; each offers `info()` and `fetch()`."""
+    import importlib
+
+    from metakit.data import DATASETS
+
+    DATASETS.get(name)  # unknown names get the list of available ones
+    return importlib.import_module(f"metakit.data.{name.replace('-', '_')}")
+
+
 @data_app.command("info")
 def data_info(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]) -> None:
     """Check a local dataset's structure, decode it once, and report what it holds."""
     from metakit.data.store import cache_dir, data_root
 
-    if name != "omniglot":
-        from metakit.data import DATASETS
-
-        DATASETS.get(name)
-    from metakit.data import omniglot as og
-
-    info = og.info(download=False)
+    info = dataset_module(name).info(download=False)
     info.update(data_root=str(data_root()), cache=str(cache_dir()))
     typer.echo(json.dumps(info, indent=2))
 
@@ -128,14 +132,9 @@ def data_info(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omnig
 @data_app.command("fetch")
 def data_fetch(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]) -> None:
     """Download what is missing (checksum-verified) into the data root and decode it once."""
-    from metakit.data import DATASETS
-
-    DATASETS.get(name)
-    from metakit.data import omniglot as og
-
-    for split_name in og.VINYALS_SPLITS:
-        og.read_split_file(split_name, download=True)
-    typer.echo(json.dumps(og.info(download=True), indent=2))
+    module = dataset_module(name)
+    module.fetch()
+    typer.echo(json.dumps(module.info(download=False), indent=2))
 
 
 def main() -> None:

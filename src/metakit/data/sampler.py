@@ -51,12 +51,13 @@ class TaskSampler:
             )
         need = shots + queries
         counts = dataset.counts
-        too_small = [dataset.class_names[i] for i in torch.nonzero(counts < need).flatten()]
+        too_small = torch.nonzero(counts < need).flatten().tolist()
         if too_small:
+            first = too_small[0]
             raise DataError(
                 f"{shots}-shot {queries}-query episodes need {need} examples per class, but "
                 f"{len(too_small)} classes of {dataset.name or 'this split'} have fewer (e.g. "
-                f"{too_small[0]!r} has {int(counts.min())}); lower shots or queries"
+                f"{dataset.class_names[first]!r} has {int(counts[first])}); lower shots or queries"
             )
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.seed = seed

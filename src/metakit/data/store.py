@@ -83,8 +83,8 @@ def locate(resource: Resource, download: bool = True, root: Path | None = None) 
         return path
     if not download:
         raise DataError(
-            f"{path} is missing. Fetch it with `metakit data fetch`, or point METAKIT_DATA at a "
-            "folder that has it."
+            f"{path} is missing. Fetch it with `metakit data fetch "
+            f"{resource.path.split('/')[0]}`, or point METAKIT_DATA at a folder that has it."
         )
     return download_file(resource, path)
 
