@@ -6,6 +6,7 @@ import torch
 from metakit import create_backbone, list_algorithms, list_backbones
 from metakit.algorithms import ALGORITHMS
 from metakit.errors import ConfigError
+from metakit.registry import signature_of
 from tests.conftest import synthetic_dataset
 
 
@@ -38,9 +39,9 @@ def test_algorithm_interface(name):
     from metakit.data import TaskSampler
 
     torch.manual_seed(0)
-    algo = ALGORITHMS.build(
-        name, backbone=create_backbone("conv4", image_size=8, hidden=8, depth=2)
-    )
+    options = {"ways": 3} if "ways" in signature_of(ALGORITHMS.get(name))[0] else {}
+    backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2)
+    algo = ALGORITHMS.build(name, backbone=backbone, **options)
     sampler = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=8), 3, 2, 2, seed=0)
     loss, metrics = algo.meta_loss(sampler.batch(0, 2))
     assert loss.dim() == 0 and torch.isfinite(loss)

@@ -51,21 +51,40 @@ class Registry(Generic[T]):
         return factory(**coerce_kwargs(factory, kwargs, f"{self.kind} {name!r}"))
 
 
+def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict, bool]:
+    """Named parameters, type hints, and whether unknown keywords are accepted.
+
+    A class whose `__init__` forwards `**kwargs` to its parent gets the parent's parameters
+    too, so options of subclasses are validated and coerced like their parents'.
+    """
+    targets = (
+        [c.__init__ for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    )
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for target in targets:
+        sig = inspect.signature(target)
+        try:
+            target_hints = typing.get_type_hints(target)
+        except Exception:  # pragma: no cover - unresolvable annotations are left uncoerced
+            target_hints = {}
+        for name, p in sig.parameters.items():
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(name, p)
+                if name in target_hints:
+                    hints.setdefault(name, target_hints[name])
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return params, hints, False
+    return params, hints, True
+
+
 def coerce_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
     """Check `kwargs` against `fn`'s signature; coerce strings (from --set) to annotated types."""
-    target = fn.__init__ if inspect.isclass(fn) else fn
-    sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # pragma: no cover - unresolvable annotations are left uncoerced
-        hints = {}
-    params = sig.parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    params, hints, accepts_any = signature_of(fn)
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key not in params and not accepts_any:
-            allowed = [k for k, p in params.items() if p.kind is not p.VAR_KEYWORD]
-            raise ConfigError(f"{what} has no option {key!r}; accepted: {', '.join(allowed)}")
+            raise ConfigError(f"{what} has no option {key!r}; accepted: {', '.join(params)}")
         out[key] = coerce_value(value, hints.get(key), f"{what} option {key!r}")
     return out
 

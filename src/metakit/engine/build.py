@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from metakit.data import DATASETS, Preprocess, SplitDataset
 from metakit.engine.checkpoint import load_checkpoint, read_meta
 from metakit.errors import CheckpointError
 from metakit.models import BACKBONES
+from metakit.registry import signature_of
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,7 +31,7 @@ def build_algorithm(config: Config, preprocess: Preprocess) -> Algorithm:
     """Backbone (input shape filled in from the data's preprocessing) wrapped by the algorithm."""
     options: dict[str, Any] = dict(config.backbone)
     name = options.pop("name")
-    accepted = inspect.signature(BACKBONES.get(name)).parameters
+    accepted, _, _ = signature_of(BACKBONES.get(name))
     if "in_channels" in accepted:
         options.setdefault("in_channels", preprocess.channels)
     if "image_size" in accepted:

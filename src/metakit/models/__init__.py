@@ -2,10 +2,12 @@
 
 from metakit.models.backbone import Backbone
 from metakit.models.conv4 import conv4
+from metakit.models.mlp import mlp
 from metakit.registry import Registry
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 BACKBONES.register("conv4")(conv4)
+BACKBONES.register("mlp")(mlp)
 
 
 def create_backbone(name: str, **options: object) -> Backbone:
