@@ -12,6 +12,7 @@ import contextlib
 import math
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +110,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     if resume:
         meta = load_checkpoint(last, algorithm, optimizer, restore_rng=True)
         step, best, seconds = meta["step"], meta["best_metric"], meta.get("train_seconds", 0.0)
+    saved = {"last": step if resume else None}
     config.metakit_version = __version__
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -123,6 +125,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     def checkpoint(name: str) -> None:
         meta = {**base_meta, "step": step, "best_metric": best, "train_seconds": seconds}
         save_checkpoint(out / "checkpoints" / f"{name}.safetensors", algorithm, meta, optimizer)
+        saved[name] = step
 
     window: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
@@ -140,10 +143,14 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 batch = sampler.batch(step * t.meta_batch, t.meta_batch)
             loss, metrics = algorithm.meta_loss(batch.to(device))
             if not math.isfinite(metrics["loss"]):
+                held = (
+                    f"resume from the last checkpoint (step {saved['last']}) with --resume"
+                    if saved["last"] is not None
+                    else "start again (no checkpoint was written yet)"
+                )
                 raise TrainingError(
                     f"the loss became {metrics['loss']} at step {step + 1}; stopping. Lower "
-                    f"train.lr (now {lr:g}) or set train.grad_clip, then resume from the last "
-                    f"checkpoint with --resume (it holds step {step - step % t.val_every})."
+                    f"train.lr (now {lr:g}) or set train.grad_clip, then {held}."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -182,7 +189,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                     device=device,
                 )
                 logger.log(step, "val", {"accuracy": val.accuracy, "ci95": val.ci95})
-                bar.write(f"step {step}: {t.val_split} {val.summary()}")
+                bar.write(f"step {step}: {t.val_split} {val.summary()}", file=sys.stderr)
                 if val.accuracy > best:
                     best = val.accuracy
                     checkpoint("best")
