@@ -1,0 +1,59 @@
+"""Sinusoid regression tasks (Finn et al. 2017): y = A sin(x - φ), A ~ U[0.1, 5], φ ~ U[0, π].
+
+Inputs x ~ U[-5, 5]. Each task has K support points and `queries` query points. Like
+`TaskSampler`, task `i` depends only on `(seed, i)`, so training resumes exactly and the test
+tasks are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from metakit.data.episode import Episode
+from metakit.data.sampler import episode_generator
+from metakit.errors import DataError
+
+AMPLITUDE = (0.1, 5.0)
+PHASE = (0.0, math.pi)
+X_RANGE = (-5.0, 5.0)
+
+
+@dataclass(frozen=True)
+class SinusoidTask:
+    amplitude: float
+    phase: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.amplitude * torch.sin(x - self.phase)
+
+
+class SinusoidSampler:
+    """Episodes of one sinusoid each: `support_x/query_x` are `[K, 1]`, targets `[K, 1]`."""
+
+    def __init__(self, shots: int, queries: int, seed: int = 0) -> None:
+        if shots < 1 or queries < 1:
+            raise DataError(
+                f"sinusoid tasks need shots >= 1 and queries >= 1, got {shots}, {queries}"
+            )
+        self.shots, self.queries, self.seed = shots, queries, seed
+
+    def task(self, index: int) -> tuple[SinusoidTask, torch.Generator]:
+        g = episode_generator(self.seed, index)
+        u = torch.rand(2, generator=g, dtype=torch.float64)
+        amplitude = AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * float(u[0])
+        phase = PHASE[0] + (PHASE[1] - PHASE[0]) * float(u[1])
+        return SinusoidTask(amplitude, phase), g
+
+    def sample(self, index: int) -> Episode:
+        task, g = self.task(index)
+        lo, hi = X_RANGE
+        x = lo + (hi - lo) * torch.rand(self.shots + self.queries, 1, generator=g)
+        y = task(x)
+        k = self.shots
+        return Episode(x[:k], y[:k], x[k:], y[k:])
+
+    def batch(self, start: int, size: int) -> Episode:
+        return Episode.stack([self.sample(start + i) for i in range(size)])
