@@ -43,7 +43,7 @@ def test_eval_of_missing_run_is_a_clean_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "metakit.cli", "eval", str(tmp_path)], capture_output=True, text=True
     )
-    assert proc.returncode == 2 and "no 'best' checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "is not a metakit run" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -75,6 +75,26 @@ def test_pil_images_and_paths_get_training_preprocessing(run_dir, omniglot, tmp_
     assert learner.predict(pils[:2]).tolist() == [0, 1]
 
 
+def test_load_uses_the_recipes_checkpoint(run_dir, tmp_path):
+    import shutil
+
+    import yaml
+
+    from metakit.engine.checkpoint import read_meta
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "checkpoints" / "best.safetensors").unlink()
+    with pytest.raises(MetakitError, match="no 'best' checkpoint"):
+        metakit.load(copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["eval"]["checkpoint"] = "last"
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    learner = metakit.load(copy)  # eval.checkpoint: last → no best needed
+    last = read_meta(copy / "checkpoints" / "last.safetensors")
+    assert learner.algorithm is not None and last["step"] == 3
+
+
 def test_learner_errors(run_dir, tmp_path):
     learner = metakit.load(run_dir)
     with pytest.raises(MetakitError, match="call fit"):

@@ -65,15 +65,19 @@ def eval_(
     queries: Annotated[int | None, typer.Option(help="Query examples per class.")] = None,
     episodes: Annotated[int | None, typer.Option(help="Number of test episodes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the test episodes.")] = None,
-    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="best or last (default: the recipe's eval.checkpoint).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evaluate a trained run on fixed-seed episodes: mean accuracy and its 95% CI."""
-    from metakit.engine.build import build_dataset, load_run, resolve_device
+    from metakit.engine.build import build_dataset, load_run, read_run_config, resolve_device
     from metakit.engine.evaluate import evaluate
 
+    if checkpoint is None:
+        checkpoint = read_run_config(run_dir).eval.checkpoint
     config, algorithm, _, meta = load_run(run_dir, checkpoint, device="cpu")
     dev = resolve_device(device)
     algorithm.to(dev)

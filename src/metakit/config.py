@@ -47,6 +47,9 @@ class EvalConfig:
     queries: int = 15
     episodes: int = 1000
     seed: int = 0  # test episodes are fixed by this seed, independent of the training seed
+    # which checkpoint `metakit eval` scores: "best" (selected on val) or "last" (fixed schedule,
+    # for recipes that train on trainval as the papers do, where no held-out val is left)
+    checkpoint: Literal["best", "last"] = "best"
 
 
 @dataclass

@@ -72,11 +72,13 @@ class Learner:
             return self.algorithm.embed(self._inputs(x)).cpu()
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Learner:
-    """The trained Learner of a run directory (from its `best` checkpoint by default)."""
-    from metakit.engine.build import load_run
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Learner:
+    """The trained Learner of a run directory, from the checkpoint its recipe evaluates
+    (`eval.checkpoint`: `best` on val by default, `last` for fixed-schedule recipes)."""
+    from metakit.engine.build import load_run, read_run_config
 
-    _, algorithm, preprocess, _ = load_run(Path(run_dir), checkpoint, device)
+    which = checkpoint or read_run_config(Path(run_dir)).eval.checkpoint
+    _, algorithm, preprocess, _ = load_run(Path(run_dir), which, device)
     return Learner(algorithm, preprocess, device)
 
 

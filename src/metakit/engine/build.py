@@ -54,6 +54,16 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     return path
 
 
+def read_run_config(run_dir: Path) -> Config:
+    """The resolved config a run directory was trained with."""
+    from metakit.config import read_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a metakit run (no config.yaml); train one first")
+    return Config.from_dict(read_yaml(path))
+
+
 def load_run(
     run_dir: Path, which: str = "best", device: str = "cpu"
 ) -> tuple[Config, Algorithm, Preprocess, dict[str, Any]]:
