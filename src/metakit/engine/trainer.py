@@ -177,6 +177,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
             if step % t.val_every == 0 or step == t.episodes:
+                val_start = time.perf_counter()
                 val = evaluate(
                     algorithm,
                     val_set,
@@ -194,6 +195,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                     best = val.accuracy
                     checkpoint("best")
                 checkpoint("last")
+                window_start += time.perf_counter() - val_start  # episodes/s counts training only
             if interrupt["stop"]:
                 checkpoint("last")
                 bar.close()
