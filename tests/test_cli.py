@@ -55,12 +55,12 @@ def test_train_then_eval_json(tmp_path):
         app, ["train", str(config), "--out", str(run), "--no-progress", "--set", "train.episodes=3"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1])["steps"] == 3
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 3
     result = runner.invoke(
         app, ["eval", str(run), "--json", "--episodes", "7", "--ways", "3", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     for key in ("accuracy", "ci95", "episodes", "ways", "shots", "queries", "split", "seconds"):
         assert key in out
     assert 0.0 <= out["accuracy"] <= 1.0 and 0.0 <= out["ci95"] <= 1.0
