@@ -53,3 +53,10 @@ def test_algorithm_interface(name):
     with algo.inference():
         logits = algo.logits(algo.adapt(ep.support_x, ep.support_y), ep.query_x)
     assert logits.shape == (ep.query_x.shape[0], 3)
+
+
+def test_impossible_backbone_options_are_config_errors():
+    with pytest.raises(ConfigError, match="too small for 9 pooling blocks"):
+        create_backbone("conv4", image_size=28, depth=9)
+    with pytest.raises(ConfigError, match="widths must be positive"):
+        create_backbone("mlp", in_features=4, hidden=[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from metakit.errors import ConfigError
 from metakit.models.backbone import Backbone
 
 
@@ -26,7 +27,7 @@ def conv4(
 ) -> Backbone:
     """Embedding of size `hidden * (image_size // 2**depth)**2` (64 for 28x28 Omniglot)."""
     if depth < 1 or image_size < 2**depth:
-        raise ValueError(f"image_size {image_size} is too small for {depth} pooling blocks")
+        raise ConfigError(f"image_size {image_size} is too small for {depth} pooling blocks")
     blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
     spatial = image_size
     for _ in range(depth):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from metakit.errors import ConfigError
 from metakit.models.backbone import Backbone
 
 
@@ -20,7 +21,7 @@ def mlp(
     """
     widths = [40, 40] if hidden is None else list(hidden)
     if not widths or min(widths) < 1:
-        raise ValueError(f"mlp hidden widths must be positive, got {widths}")
+        raise ConfigError(f"mlp hidden widths must be positive, got {widths}")
     features = in_features or in_channels * image_size * image_size
     blocks: list[nn.Module] = []
     for i, width in enumerate(widths):
