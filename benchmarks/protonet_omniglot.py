@@ -1,9 +1,10 @@
 """Reproduce Snell et al. 2017 Table 1 (Omniglot) with the four shipped ProtoNet recipes.
 
 Protocol: Omniglot, Vinyals split (rotations as classes), 28x28, Conv-4. Each recipe's model is
-trained on `train` with model selection on `val` (or, where the recipe says so, on `trainval` with a
-fixed schedule, scoring the last checkpoint, as Snell et al. did), then tested on 1000 fixed-seed episodes of the
-`test` split with 15 queries per class; accuracy is the mean over episodes with a 95% CI.
+trained on `train` with model selection on `val` (or, where the recipe says so, on `trainval`
+with a fixed schedule, scoring the last checkpoint, as Snell et al. did), then tested on 1000
+fixed-seed episodes of the `test` split with 15 queries per class; accuracy is the mean over
+episodes with a 95% CI.
 Recipes whose training sections are identical (5w1s/20w1s, 5w5s/20w5s: the paper trains per shot,
 60-way) share one trained model; the shared model's checkpoint is selected on the first recipe's
 validation setting. Usage:

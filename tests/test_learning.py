@@ -33,10 +33,11 @@ def test_protonet_learns_omniglot_in_300_episodes(tmp_path, omniglot):
     train(config, tmp_path, progress=False)
     seconds = time.perf_counter() - start
     learner = load(tmp_path, checkpoint="last")
-    result = evaluate(learner.algorithm, omniglot.split("test"), 5, 1, 15, episodes=200, seed=0)
+    test_episodes = omniglot.sampler("test", 5, 1, 15, seed=0)
+    result = evaluate(learner.algorithm, test_episodes, episodes=200)
     assert result.accuracy >= 0.85, result.summary()
     assert seconds < 60, f"300 episodes took {seconds:.0f}s"
     # an untrained network of the same shape is far worse: the run really learned
-    untrained = build_algorithm(config, omniglot.preprocess)
-    baseline = evaluate(untrained, omniglot.split("test"), 5, 1, 15, episodes=200, seed=0)
+    untrained = build_algorithm(config, omniglot.inputs)
+    baseline = evaluate(untrained, test_episodes, episodes=200)
     assert result.accuracy > baseline.accuracy + 0.05

@@ -127,7 +127,8 @@ def test_metasgd_with_constant_rates_equals_maml():
 def test_test_time_adaptation_fits_the_support_set():
     algo = conv_maml(inner_lr=0.05).eval()
     task = batch(tasks=1, shots=3).tasks()[0]
-    start = Adapted({k: v.detach() for k, v in algo.backbone.named_parameters()}, 3)
+    params = {k: v.detach() for k, v in algo.backbone.named_parameters()}
+    start = Adapted(params, task.support_x, 3)
     with algo.inference():
         before = F.cross_entropy(algo.logits(start, task.support_x), task.support_y)
         state = algo.adapt(task.support_x, task.support_y)

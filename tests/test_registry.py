@@ -34,25 +34,37 @@ def test_unknown_backbone_lists_choices():
         create_backbone("resnet999")
 
 
-@pytest.mark.parametrize("name", list_algorithms())
-def test_algorithm_interface(name):
+ALGORITHM_TASKS = [(n, t) for n in list_algorithms() for t in ALGORITHMS.get(n).tasks]
+
+
+@pytest.mark.parametrize(("name", "task"), ALGORITHM_TASKS)
+def test_algorithm_interface(name, task):
     from metakit.data import TaskSampler
+    from metakit.data.sinusoid import SinusoidSampler
 
     torch.manual_seed(0)
     options = {"ways": 3} if "ways" in signature_of(ALGORITHMS.get(name))[0] else {}
-    backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2)
+    if task == "regression":
+        options = {"task": "regression"}
+        backbone = create_backbone("mlp", in_features=1, hidden=[8, 8])
+        sampler = SinusoidSampler(shots=5, queries=4, seed=0)
+    else:
+        backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2)
+        sampler = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=8), 3, 2, 2, seed=0)
     algo = ALGORITHMS.build(name, backbone=backbone, **options)
-    sampler = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=8), 3, 2, 2, seed=0)
     loss, metrics = algo.meta_loss(sampler.batch(0, 2))
     assert loss.dim() == 0 and torch.isfinite(loss)
-    assert 0.0 <= metrics["accuracy"] <= 1.0
+    if task == "classification":
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+    else:
+        assert metrics["mse"] >= 0.0
     loss.backward()
     assert any(p.grad is not None for p in algo.parameters())
     ep = sampler.sample(5)
     algo.eval()
     with algo.inference():
-        logits = algo.logits(algo.adapt(ep.support_x, ep.support_y), ep.query_x)
-    assert logits.shape == (ep.query_x.shape[0], 3)
+        out = algo.logits(algo.adapt(ep.support_x, ep.support_y), ep.query_x)
+    assert out.shape == (ep.query_x.shape[0], 3 if task == "classification" else 1)
 
 
 def test_impossible_backbone_options_are_config_errors():

@@ -1,4 +1,4 @@
-"""The `metakit` command: train, eval, data, recipes."""
+"""The `metakit` command: train, eval, report, data, recipes."""
 
 from __future__ import annotations
 
@@ -69,12 +69,17 @@ def eval_(
         str | None, typer.Option(help="best or last (default: the recipe's eval.checkpoint).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
+    adapt_steps: Annotated[
+        str | None,
+        typer.Option(help="Regression: adaptation steps to report, e.g. 1,5,10."),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Evaluate a trained run on fixed-seed episodes: mean accuracy and its 95% CI."""
+    """Evaluate a trained run on fixed-seed episodes: mean accuracy (regression: MSE after each
+    of eval.adapt_steps adaptation steps) and its 95% CI."""
     from metakit.engine.build import build_dataset, load_run, read_run_config, resolve_device
-    from metakit.engine.evaluate import evaluate
+    from metakit.engine.evaluate import evaluate, evaluate_regression
 
     if checkpoint is None:
         checkpoint = read_run_config(run_dir).eval.checkpoint
@@ -83,24 +88,60 @@ def eval_(
     algorithm.to(dev)
     e = config.eval
     split = split or e.split
-    dataset = build_dataset(config).split(split)
-    result = evaluate(
-        algorithm,
-        dataset,
-        ways=ways or e.ways,
-        shots=shots or e.shots,
-        queries=queries or e.queries,
-        episodes=episodes or e.episodes,
+    sampler = build_dataset(config).sampler(
+        split,
+        ways or e.ways,
+        shots or e.shots,
+        queries or e.queries,
         seed=e.seed if seed is None else seed,
-        split=split,
-        device=dev,
-        progress=progress and not json_,
     )
-    out = {**result.to_dict(), "checkpoint": checkpoint, "step": meta["step"], "run": str(run_dir)}
+    common = {
+        "episodes": episodes or e.episodes,
+        "split": split,
+        "device": dev,
+        "progress": progress and not json_,
+    }
+    if meta.get("task", "classification") == "regression":
+        steps = [int(s) for s in adapt_steps.split(",")] if adapt_steps else e.adapt_steps
+        result = evaluate_regression(algorithm, sampler, steps=steps, **common)
+    else:
+        result = evaluate(algorithm, sampler, **common)
+    out = {
+        **result.to_dict(),
+        "algorithm": config.algorithm.get("name"),
+        "bn": config.algorithm.get("bn", "transductive") if algorithm.needs_grad_to_adapt else None,
+        "checkpoint": checkpoint,
+        "step": meta["step"],
+        "run": str(run_dir),
+    }
     if json_:
         typer.echo(json.dumps(out))
     else:
         typer.echo(result.summary())
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Regression runs to compare (e.g. MAML and pretrained).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
+        "adaptation.png"
+    ),
+    task: Annotated[int, typer.Option(help="Index of the test task to draw.")] = 0,
+    steps: Annotated[str, typer.Option(help="Adaptation steps to draw, comma-separated.")] = (
+        "0,1,10"
+    ),
+    checkpoint: Annotated[str | None, typer.Option(help="best or last.")] = None,
+) -> None:
+    """Draw the adaptation plot of regression runs: the true function, the K support points, and
+    the predictions after 0, 1 and 10 steps, one panel per run."""
+    from metakit.report import adaptation_plot
+
+    path = adaptation_plot(
+        run_dirs, out, task=task, steps=[int(s) for s in steps.split(",")], checkpoint=checkpoint
+    )
+    typer.echo(json.dumps({"written": str(path)}))
 
 
 @app.command()

@@ -30,8 +30,11 @@ class TrainConfig:
     meta_batch: int = 1
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
+    momentum: float = 0.9  # SGD only; Reptile's outer step uses plain SGD (momentum 0)
     weight_decay: float = 0.0
-    lr_step: int = 2000  # step decay: lr *= lr_gamma every lr_step steps
+    # "step": lr *= lr_gamma every lr_step steps; "linear": anneal lr to 0 at the last step
+    lr_schedule: Literal["step", "linear"] = "step"
+    lr_step: int = 2000
     lr_gamma: float = 0.5
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     val_every: int = 500  # validate and checkpoint every N steps
@@ -50,6 +53,8 @@ class EvalConfig:
     # which checkpoint `metakit eval` scores: "best" (selected on val) or "last" (fixed schedule,
     # for recipes that train on trainval as the papers do, where no held-out val is left)
     checkpoint: Literal["best", "last"] = "best"
+    # regression tasks: report query MSE after each of these numbers of adaptation steps
+    adapt_steps: list[int] = field(default_factory=lambda: [1, 5, 10])
 
 
 @dataclass
@@ -86,6 +91,11 @@ class Config:
             (0 < t.lr_gamma <= 1, "train.lr_gamma must lie in (0, 1]"),
             (t.val_every >= 1 and t.log_every >= 1, "train.val_every and log_every must be >= 1"),
             (self.eval.episodes >= 1, "eval.episodes must be >= 1"),
+            (t.momentum >= 0, f"train.momentum must be >= 0, got {t.momentum}"),
+            (
+                bool(self.eval.adapt_steps) and min(self.eval.adapt_steps) >= 0,
+                "eval.adapt_steps must list step counts >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:

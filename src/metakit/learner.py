@@ -21,7 +21,10 @@ class Learner:
     """
 
     def __init__(
-        self, algorithm: Algorithm, preprocess: Preprocess, device: str | torch.device = "cpu"
+        self,
+        algorithm: Algorithm,
+        preprocess: Preprocess | None,
+        device: str | torch.device = "cpu",
     ):
         self.algorithm = algorithm.eval()
         self.preprocess = preprocess
@@ -29,12 +32,22 @@ class Learner:
         self.classes_: list[Hashable] = []
         self._state: TaskState | None = None
 
+    @property
+    def regression(self) -> bool:
+        return getattr(self.algorithm, "task", "classification") == "regression"
+
     def _inputs(self, x: ImageInput) -> torch.Tensor:
+        if self.preprocess is None:  # non-image data (e.g. sinusoid points): numbers in
+            t = torch.as_tensor(x, dtype=torch.float32)
+            return (t.unsqueeze(-1) if t.dim() == 1 else t).to(self.device)
         return self.preprocess(x).to(self.device)
 
     def fit(self, x: ImageInput, y: Sequence[Hashable] | torch.Tensor) -> Learner:
-        """Adapt to support examples `x` with labels `y` (at least one example per class)."""
+        """Adapt to support examples `x` with labels `y` (at least one example per class), or
+        to regression targets `y` for a regression run."""
         inputs = self._inputs(x)
+        if self.regression:
+            return self._fit_regression(inputs, y)
         labels = y.tolist() if isinstance(y, torch.Tensor) else list(y)
         if len(labels) != inputs.shape[0]:
             raise DataError(f"fit got {inputs.shape[0]} inputs but {len(labels)} labels")
@@ -50,16 +63,32 @@ class Learner:
             self._state = self.algorithm.adapt(inputs, targets)
         return self
 
-    def predict_proba(self, x: ImageInput) -> torch.Tensor:
-        """Class probabilities `[N, len(classes_)]`, columns in the order of `classes_`."""
+    def _fit_regression(self, inputs: torch.Tensor, y: object) -> Learner:
+        targets = torch.as_tensor(y, dtype=torch.float32, device=self.device)
+        targets = targets.unsqueeze(-1) if targets.dim() == 1 else targets
+        if targets.shape[0] != inputs.shape[0]:
+            raise DataError(f"fit got {inputs.shape[0]} inputs but {targets.shape[0]} targets")
+        with self.algorithm.inference():
+            self._state = self.algorithm.adapt(inputs, targets)
+        return self
+
+    def _outputs(self, x: ImageInput) -> torch.Tensor:
         if self._state is None:
             raise MetakitError("call fit(x, y) with a support set before predicting")
         with self.algorithm.inference():
-            logits = self.algorithm.logits(self._state, self._inputs(x))
-        return logits.softmax(-1).detach().cpu()
+            return self.algorithm.logits(self._state, self._inputs(x)).detach().cpu()
+
+    def predict_proba(self, x: ImageInput) -> torch.Tensor:
+        """Class probabilities `[N, len(classes_)]`, columns in the order of `classes_`."""
+        if self.regression:
+            raise MetakitError("a regression learner has no class probabilities; use predict")
+        return self._outputs(x).softmax(-1)
 
     def predict(self, x: ImageInput) -> torch.Tensor | list[Hashable]:
-        """Predicted labels: a tensor when the fitted labels were ints, else a list."""
+        """Predicted labels: a tensor when the fitted labels were ints, else a list; for a
+        regression run, the predicted values `[N, 1]`."""
+        if self.regression:
+            return self._outputs(x)
         best = self.predict_proba(x).argmax(-1)
         labels = [self.classes_[i] for i in best.tolist()]
         if all(isinstance(c, int) for c in self.classes_):

@@ -25,6 +25,8 @@ class Algorithm(nn.Module):
     name: ClassVar[str] = ""
     #: gradient-based methods need autograd at test time to adapt; metric methods do not.
     needs_grad_to_adapt: ClassVar[bool] = False
+    #: the kinds of task it learns; those beyond classification take a `task` option.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()

@@ -7,8 +7,10 @@ outermost because an outer backward *through* vmap gets BatchNorm's second-order
 its meta-gradient to the trainer through a surrogate loss whose value is the query loss and whose
 gradient is the mean per-task meta-gradient, so every algorithm keeps `meta_loss → backward`.
 
-BatchNorm always normalises with the statistics of the batch it sees ("transductive", as in the
-MAML paper's numbers): running statistics are switched off.
+BatchNorm uses batch statistics, never running averages; `bn` says which batch (see
+`metakit.models.norm`): "transductive" (the MAML paper's numbers) or "support" (per-task
+statistics of the support set only). The same class does classification (cross-entropy, one
+output per way) and regression (`task: regression`, MSE, one output).
 """
 
 from __future__ import annotations
@@ -18,28 +20,33 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from metakit.algorithms.base import Algorithm
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError
-from metakit.functional.adapt import Params, adapt, batched_adapt_loss, task_query_loss
+from metakit.functional.adapt import (
+    LossFn,
+    Params,
+    adapt,
+    batched_adapt_loss,
+    query_forward,
+    task_query_loss,
+)
+from metakit.functional.rules import UpdateRule, sgd
 from metakit.models.backbone import Backbone
+from metakit.models.norm import BN_MODES, BNMode, use_batch_statistics
+
+Task = Literal["classification", "regression"]
 
 
 class Adapted(NamedTuple):
-    """Task state after test-time adaptation: the adapted parameters and the task's ways."""
+    """Task state after test-time adaptation: adapted parameters, the support set (for
+    non-transductive BatchNorm) and the task's ways (0 for regression)."""
 
     params: Params
+    support_x: torch.Tensor
     ways: int
-
-
-def use_batch_statistics(module: nn.Module) -> None:
-    """Make every BatchNorm normalise with the current batch, in training and evaluation."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
 class MAML(Algorithm):
@@ -52,6 +59,7 @@ class MAML(Algorithm):
 
     name = "maml"
     needs_grad_to_adapt = True
+    tasks = ("classification", "regression")
 
     def __init__(
         self,
@@ -62,7 +70,8 @@ class MAML(Algorithm):
         test_inner_steps: int = 3,
         test_inner_lr: float | None = None,
         first_order: bool = False,
-        bn: Literal["transductive"] = "transductive",
+        bn: BNMode = "transductive",
+        task: Task = "classification",
         vectorize: Literal["auto", "vmap", "loop"] = "auto",
     ) -> None:
         super().__init__(backbone)
@@ -74,51 +83,70 @@ class MAML(Algorithm):
                 f"{self.name} needs at least one inner step (got inner_steps={inner_steps}, "
                 f"test_inner_steps={test_inner_steps}); with zero it learns nothing per task"
             )
-        if ways < 2:
+        if task not in ("classification", "regression"):
+            raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
+        if task == "classification" and ways < 2:
             raise ConfigError(f"{self.name} ways must be >= 2, got {ways}")
-        if bn != "transductive":
-            raise ConfigError(f"unsupported BatchNorm mode {bn!r}; available: transductive")
-        self.ways, self.inner_lr, self.inner_steps = ways, inner_lr, inner_steps
+        if bn not in BN_MODES:
+            raise ConfigError(f"unknown BatchNorm mode {bn!r}; available: {', '.join(BN_MODES)}")
+        if vectorize not in ("auto", "vmap", "loop"):
+            raise ConfigError(f"vectorize must be auto, vmap or loop, got {vectorize!r}")
+        self.task = task
+        self.ways = ways if task == "classification" else 1
+        self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.test_inner_steps = test_inner_steps
         self.test_inner_lr = inner_lr if test_inner_lr is None else test_inner_lr
         self.first_order, self.bn, self.vectorize = first_order, bn, vectorize
-        backbone.head = nn.Linear(backbone.out_dim, ways)
-        use_batch_statistics(backbone)
+        backbone.head = nn.Linear(backbone.out_dim, self.ways)
+        use_batch_statistics(backbone, bn)
 
     # -- pieces a subclass may change -------------------------------------------------------
-    def inner_rates(self, test: bool = False) -> float | Params:
-        return self.test_inner_lr if test else self.inner_lr
+    def inner_rule(self, test: bool = False) -> UpdateRule:
+        """The inner-loop update rule (SGD at `inner_lr`, or `test_inner_lr` when testing)."""
+        return sgd(self.test_inner_lr if test else self.inner_lr)
 
     def meta_parameters(self) -> tuple[Params, Params]:
         """(network parameters, extra meta-parameters such as Meta-SGD rates)."""
         return dict(self.backbone.named_parameters()), {}
 
+    @property
+    def loss_fn(self) -> LossFn:
+        return F.mse_loss if self.task == "regression" else F.cross_entropy
+
+    @property
+    def transductive(self) -> bool:
+        return self.bn == "transductive"
+
     # -- the common interface ---------------------------------------------------------------
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
+    def adapt(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None
+    ) -> Adapted:
+        """Fine-tune on the support set as at test time (`steps` defaults to test_inner_steps)."""
         ways = self._check_ways(support_y, exact=False)
         params, _ = self.meta_parameters()
         buffers = dict(self.backbone.named_buffers())
         with torch.enable_grad():
             start = {k: v.detach().requires_grad_() for k, v in params.items()}
-            rates = self.inner_rates(test=True)
-            if isinstance(rates, dict):
-                rates = {k: v.detach() for k, v in rates.items()}
             out = adapt(
                 self.backbone,
                 start,
                 buffers,
                 support_x,
                 support_y,
-                F.cross_entropy,
-                self.test_inner_steps,
-                rates,
+                self.loss_fn,
+                self.test_inner_steps if steps is None else steps,
+                self.inner_rule(test=True),
                 first_order=True,
             )
-        return Adapted({k: v.detach() for k, v in out.items()}, ways)
+        return Adapted({k: v.detach() for k, v in out.items()}, support_x, ways)
 
     def logits(self, state: Adapted, query_x: torch.Tensor) -> torch.Tensor:
         buffers = dict(self.backbone.named_buffers())
-        out = functional_call(self.backbone, (state.params, buffers), (query_x,))
+        out = query_forward(
+            self.backbone, state.params, buffers, state.support_x, query_x, self.transductive
+        )
+        if self.task == "regression":
+            return out
         return out[:, : state.ways]  # a task with fewer ways uses the first output units
 
     def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
@@ -126,23 +154,29 @@ class MAML(Algorithm):
             batch = Episode(*(t.unsqueeze(0) for t in batch.tensors()))
         self._check_ways(batch.support_y)
         if self._use_vmap(batch.support_x.device):
-            loss, logits = self._vmapped(batch)
+            loss, out = self._vmapped(batch)
         else:
             params, _ = self.meta_parameters()
-            losses, logits = batched_adapt_loss(
+            losses, out = batched_adapt_loss(
                 self.backbone,
                 params,
                 dict(self.backbone.named_buffers()),
                 *batch.tensors(),
-                F.cross_entropy,
+                self.loss_fn,
                 self.inner_steps,
-                self.inner_rates(),
+                self.inner_rule(),
                 self.first_order,
                 vectorize=False,
+                transductive=self.transductive,
             )
             loss = losses.mean()
-        acc = (logits.argmax(-1) == batch.query_y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": acc.item()}
+        return loss, self.metrics(loss, out, batch.query_y)
+
+    def metrics(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> dict:
+        if self.task == "regression":
+            return {"loss": loss.item(), "mse": F.mse_loss(out, target).item()}
+        acc = (out.argmax(-1) == target).float().mean()
+        return {"loss": loss.item(), "accuracy": acc.item()}
 
     # -- internals --------------------------------------------------------------------------
     def _use_vmap(self, device: torch.device) -> bool:
@@ -153,11 +187,9 @@ class MAML(Algorithm):
     def _vmapped(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         params, extra = self.meta_parameters()
         buffers = dict(self.backbone.named_buffers())
-        names = list(extra)
 
         def task(p: Params, e: Params, sx, sy, qx, qy):  # type: ignore[no-untyped-def]
-            rates = e if names else self.inner_rates()  # Meta-SGD: the rates are meta-parameters
-            loss, logits = task_query_loss(
+            loss, out = task_query_loss(
                 self.backbone,
                 p,
                 buffers,
@@ -165,27 +197,39 @@ class MAML(Algorithm):
                 sy,
                 qx,
                 qy,
-                F.cross_entropy,
+                self.loss_fn,
                 self.inner_steps,
-                rates,
+                self.rule_from(e),
                 self.first_order,
+                self.transductive,
             )
-            return loss, (loss, logits)
+            return loss, (loss, out)
 
         detached = (
             {k: v.detach() for k, v in params.items()},
             {k: v.detach() for k, v in extra.items()},
         )
-        (g_params, g_extra), (losses, logits) = vmap(
+        (g_params, g_extra), (losses, out) = vmap(
             grad(task, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0, 0, 0, 0)
         )(*detached, *batch.tensors())
         surrogate = sum((params[k] * g.mean(0)).sum() for k, g in g_params.items())
         surrogate = surrogate + sum((extra[k] * g.mean(0)).sum() for k, g in g_extra.items())
         # value: the mean query loss; gradient: the mean per-task meta-gradient
         loss = surrogate - surrogate.detach() + losses.mean().detach()
-        return loss, logits
+        return loss, out
+
+    def rule_from(self, extra: Params) -> UpdateRule:
+        """The training rule built from (possibly vmapped) extra meta-parameters."""
+        return self.inner_rule()
 
     def _check_ways(self, labels: torch.Tensor, exact: bool = True) -> int:
+        if self.task == "regression":
+            if labels.dim() < 1 or labels.shape[-1] != 1 or labels.is_floating_point() is False:
+                raise ConfigError(
+                    f"{self.name} regression expects float targets of shape [K, 1], got "
+                    f"{tuple(labels.shape)} {labels.dtype}"
+                )
+            return 0
         ways = int(labels.max()) + 1
         if ways > self.ways or (exact and ways != self.ways):
             raise ConfigError(
@@ -215,9 +259,12 @@ class MetaSGD(MAML):
         names = [k for k, _ in self.backbone.named_parameters()]
         return dict(self.backbone.named_parameters()), dict(zip(names, self.rates, strict=True))
 
-    def inner_rates(self, test: bool = False) -> float | Params:
+    def inner_rule(self, test: bool = False) -> UpdateRule:
         rates = self.meta_parameters()[1]
-        if test and self.test_inner_lr != self.inner_lr:
+        if test:
             scale = self.test_inner_lr / self.inner_lr
-            rates = {k: v * scale for k, v in rates.items()}
-        return rates
+            rates = {k: v.detach() * scale for k, v in rates.items()}
+        return sgd(rates)
+
+    def rule_from(self, extra: Params) -> UpdateRule:
+        return sgd(extra)

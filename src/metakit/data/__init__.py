@@ -4,9 +4,10 @@ from metakit.data.dataset import ClassDataset, SplitDataset
 from metakit.data.episode import Episode
 from metakit.data.preprocess import Preprocess
 from metakit.data.sampler import TaskSampler
+from metakit.data.source import EpisodeSampler, TaskSource
 from metakit.registry import Registry
 
-DATASETS: Registry[SplitDataset] = Registry("dataset")
+DATASETS: Registry[TaskSource] = Registry("dataset")
 
 
 @DATASETS.register("omniglot")
@@ -16,4 +17,20 @@ def _omniglot(**kwargs):  # type: ignore[no-untyped-def]
     return omniglot(**kwargs)
 
 
-__all__ = ["DATASETS", "ClassDataset", "Episode", "Preprocess", "SplitDataset", "TaskSampler"]
+@DATASETS.register("sinusoid")
+def _sinusoid():  # type: ignore[no-untyped-def]
+    from metakit.data.sinusoid import sinusoid
+
+    return sinusoid()
+
+
+__all__ = [
+    "DATASETS",
+    "ClassDataset",
+    "Episode",
+    "EpisodeSampler",
+    "Preprocess",
+    "SplitDataset",
+    "TaskSampler",
+    "TaskSource",
+]

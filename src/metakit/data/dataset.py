@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from metakit.data.preprocess import Preprocess
 from metakit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from metakit.data.sampler import TaskSampler, Transform
 
 
 @dataclass
@@ -60,10 +64,30 @@ class SplitDataset:
     preprocess: Preprocess
     builders: dict[str, Callable[[], ClassDataset]]
     _built: dict[str, ClassDataset] = field(default_factory=dict, repr=False)
+    task: ClassVar[str] = "classification"
 
     @property
     def splits(self) -> list[str]:
         return list(self.builders)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Backbone options implied by the data (filled in when a backbone accepts them)."""
+        return {"in_channels": self.preprocess.channels, "image_size": self.preprocess.image_size}
+
+    def sampler(
+        self,
+        split: str,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        transform: Transform | None = None,
+    ) -> TaskSampler:
+        """Reproducible N-way K-shot episodes of one split."""
+        from metakit.data.sampler import TaskSampler  # the sampler module imports this one
+
+        return TaskSampler(self.split(split), ways, shots, queries, seed=seed, transform=transform)
 
     def split(self, name: str) -> ClassDataset:
         if name not in self.builders:

@@ -10,7 +10,8 @@ import torch
 
 @dataclass(frozen=True)
 class Episode:
-    """Support and query sets with labels `0..N-1`; tensors may carry a leading task dimension."""
+    """Support and query sets with labels `0..N-1` (or float regression targets `[K, D]`);
+    tensors may carry a leading task dimension."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -20,7 +21,7 @@ class Episode:
     @property
     def batched(self) -> bool:
         """True when the tensors hold a meta-batch `[T, ...]` of tasks."""
-        return self.support_y.dim() == 2
+        return self.support_y.dim() == (3 if self.support_y.is_floating_point() else 2)
 
     @property
     def ways(self) -> int:

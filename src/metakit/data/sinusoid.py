@@ -1,20 +1,22 @@
 """Sinusoid regression tasks (Finn et al. 2017): y = A sin(x - φ), A ~ U[0.1, 5], φ ~ U[0, π].
 
 Inputs x ~ U[-5, 5]. Each task has K support points and `queries` query points. Like
-`TaskSampler`, task `i` depends only on `(seed, i)`, so training resumes exactly and the test
-tasks are the same everywhere.
+`TaskSampler`, task `i` depends only on `(split, seed, i)`, so training resumes exactly and the
+test tasks are the same everywhere. `SinusoidTasks` is the registered dataset `sinusoid`: its
+splits are independent task streams (the distribution is continuous, so they never overlap).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from metakit.data.episode import Episode
 from metakit.data.sampler import episode_generator
-from metakit.errors import DataError
+from metakit.errors import ConfigError, DataError
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -33,15 +35,17 @@ class SinusoidTask:
 class SinusoidSampler:
     """Episodes of one sinusoid each: `support_x/query_x` are `[K, 1]`, targets `[K, 1]`."""
 
-    def __init__(self, shots: int, queries: int, seed: int = 0) -> None:
+    ways = 1
+
+    def __init__(self, shots: int, queries: int, seed: int = 0, stream: str = "") -> None:
         if shots < 1 or queries < 1:
             raise DataError(
                 f"sinusoid tasks need shots >= 1 and queries >= 1, got {shots}, {queries}"
             )
-        self.shots, self.queries, self.seed = shots, queries, seed
+        self.shots, self.queries, self.seed, self.stream = shots, queries, seed, stream
 
     def task(self, index: int) -> tuple[SinusoidTask, torch.Generator]:
-        g = episode_generator(self.seed, index)
+        g = episode_generator(self.seed, index, self.stream)
         u = torch.rand(2, generator=g, dtype=torch.float64)
         amplitude = AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * float(u[0])
         phase = PHASE[0] + (PHASE[1] - PHASE[0]) * float(u[1])
@@ -57,3 +61,42 @@ class SinusoidSampler:
 
     def batch(self, start: int, size: int) -> Episode:
         return Episode.stack([self.sample(start + i) for i in range(size)])
+
+
+class SinusoidTasks:
+    """The task distribution as a dataset: `sampler(split, ...)` gives that split's tasks."""
+
+    name = "sinusoid"
+    task: ClassVar[str] = "regression"
+    splits: ClassVar[list[str]] = ["train", "val", "test"]
+    preprocess = None
+    inputs: ClassVar[dict[str, Any]] = {"in_features": 1}
+
+    def sampler(
+        self, split: str, ways: int, shots: int, queries: int, seed: int = 0
+    ) -> SinusoidSampler:
+        """`ways` is ignored (one function per task); `shots` points adapt, `queries` score."""
+        if split not in self.splits:
+            raise ConfigError(
+                f"dataset 'sinusoid' has no split {split!r}; available: {', '.join(self.splits)}"
+            )
+        return SinusoidSampler(shots, queries, seed=seed, stream=split)
+
+
+def sinusoid() -> SinusoidTasks:
+    return SinusoidTasks()
+
+
+def info(download: bool = False) -> dict[str, Any]:
+    return {
+        "name": "sinusoid",
+        "task": "regression",
+        "amplitude": list(AMPLITUDE),
+        "phase": list(PHASE),
+        "x_range": list(X_RANGE),
+        "splits": SinusoidTasks.splits,
+    }
+
+
+def fetch() -> None:
+    """Nothing to download: tasks are generated."""

@@ -9,9 +9,9 @@ import torch
 
 from metakit.algorithms import ALGORITHMS, Algorithm
 from metakit.config import Config
-from metakit.data import DATASETS, Preprocess, SplitDataset
+from metakit.data import DATASETS, Preprocess, TaskSource
 from metakit.engine.checkpoint import load_checkpoint, read_meta
-from metakit.errors import CheckpointError
+from metakit.errors import CheckpointError, ConfigError
 from metakit.models import BACKBONES
 from metakit.registry import signature_of
 
@@ -22,23 +22,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_dataset(config: Config) -> SplitDataset:
+def build_dataset(config: Config) -> TaskSource:
     options = dict(config.data)
     return DATASETS.build(options.pop("name"), **options)
 
 
-def build_algorithm(config: Config, preprocess: Preprocess) -> Algorithm:
-    """Backbone (input shape filled in from the data's preprocessing) wrapped by the algorithm."""
+def build_algorithm(
+    config: Config, inputs: dict[str, Any], task: str = "classification"
+) -> Algorithm:
+    """Backbone (input shape filled in from the data, e.g. `in_channels`, `image_size`) wrapped
+    by the algorithm; `task` (classification or regression) is passed to algorithms that take it.
+    """
     options: dict[str, Any] = dict(config.backbone)
     name = options.pop("name")
     accepted, _, _ = signature_of(BACKBONES.get(name))
-    if "in_channels" in accepted:
-        options.setdefault("in_channels", preprocess.channels)
-    if "image_size" in accepted:
-        options.setdefault("image_size", preprocess.image_size)
+    for key, value in inputs.items():
+        if key in accepted:
+            options.setdefault(key, value)
     backbone = BACKBONES.build(name, **options)
     algo_options = dict(config.algorithm)
-    return ALGORITHMS.build(algo_options.pop("name"), backbone=backbone, **algo_options)
+    algo_name = algo_options.pop("name")
+    kinds = ALGORITHMS.get(algo_name).tasks  # type: ignore[attr-defined]
+    if task not in kinds:
+        able = [n for n in ALGORITHMS.names() if task in ALGORITHMS.get(n).tasks]  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"algorithm {algo_name!r} learns {' and '.join(kinds)} tasks, but dataset "
+            f"{config.data.get('name')!r} poses {task} tasks; use one of: {', '.join(able)}"
+        )
+    if kinds != ("classification",):
+        algo_options.setdefault("task", task)
+    return ALGORITHMS.build(algo_name, backbone=backbone, **algo_options)
+
+
+def run_inputs(meta: dict[str, Any]) -> tuple[Preprocess | None, dict[str, Any], str]:
+    """Preprocessing, backbone input options and task of a checkpoint's metadata."""
+    preprocess = Preprocess.from_dict(meta["preprocess"]) if meta.get("preprocess") else None
+    inputs = meta.get("inputs")
+    if inputs is None and preprocess is not None:  # checkpoints from metakit 0.1.0
+        inputs = {"in_channels": preprocess.channels, "image_size": preprocess.image_size}
+    return preprocess, inputs or {}, meta.get("task", "classification")
 
 
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
@@ -66,13 +88,13 @@ def read_run_config(run_dir: Path) -> Config:
 
 def load_run(
     run_dir: Path, which: str = "best", device: str = "cpu"
-) -> tuple[Config, Algorithm, Preprocess, dict[str, Any]]:
+) -> tuple[Config, Algorithm, Preprocess | None, dict[str, Any]]:
     """Rebuild a trained algorithm from its self-describing checkpoint (no dataset needed)."""
     path = checkpoint_path(run_dir, which)
     meta = read_meta(path)
     config = Config.from_dict(meta["config"])
-    preprocess = Preprocess.from_dict(meta["preprocess"])
-    algorithm = build_algorithm(config, preprocess)
+    preprocess, inputs, task = run_inputs(meta)
+    algorithm = build_algorithm(config, inputs, task)
     load_checkpoint(path, algorithm)
     algorithm.to(resolve_device(device)).eval()
     return config, algorithm, preprocess, meta

@@ -1,17 +1,19 @@
-"""Few-shot evaluation on fixed-seed episodes: mean accuracy with a 95% confidence interval."""
+"""Few-shot evaluation on fixed-seed episodes: mean accuracy (or MSE) with a 95% CI."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from metakit.algorithms.base import Algorithm
-from metakit.data.dataset import ClassDataset
-from metakit.data.sampler import TaskSampler
+from metakit.data.source import EpisodeSampler
+from metakit.errors import ConfigError
 
 
 @dataclass
@@ -26,14 +28,53 @@ class EvalResult:
     seconds: float
     seed: int
 
+    task = "classification"
+
+    @property
+    def score(self) -> float:
+        """Higher is better; what model selection maximises."""
+        return self.accuracy
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"task": self.task, **asdict(self)}
 
     def summary(self) -> str:
         return (
             f"accuracy {100 * self.accuracy:.2f}% ± {100 * self.ci95:.2f} (95% CI) on "
             f"{self.episodes} {self.ways}-way {self.shots}-shot episodes, {self.queries} queries "
             f"per class, split {self.split!r}, {self.seconds:.1f}s"
+        )
+
+
+@dataclass
+class RegressionResult:
+    steps: list[int]  # adaptation steps on the support set
+    mse: list[float]  # mean query MSE over tasks after each number of steps
+    ci95: list[float]
+    episodes: int
+    shots: int
+    queries: int
+    split: str
+    seconds: float
+    seed: int
+
+    task = "regression"
+
+    @property
+    def score(self) -> float:
+        return -self.mse[-1]
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, **asdict(self)}
+
+    def summary(self) -> str:
+        parts = ", ".join(
+            f"{s} step{'s' if s != 1 else ''}: {m:.3f} ± {c:.3f}"
+            for s, m, c in zip(self.steps, self.mse, self.ci95, strict=True)
+        )
+        return (
+            f"query MSE (95% CI) after {parts}; {self.episodes} tasks, {self.shots}-shot, "
+            f"{self.queries} query points, split {self.split!r}, {self.seconds:.1f}s"
         )
 
 
@@ -48,18 +89,13 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 def evaluate(
     algorithm: Algorithm,
-    dataset: ClassDataset,
-    ways: int,
-    shots: int,
-    queries: int,
+    sampler: EpisodeSampler,
     episodes: int = 1000,
-    seed: int = 0,
     split: str = "test",
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
     """Adapt on each episode's support set and score its queries, exactly as a user would."""
-    sampler = TaskSampler(dataset, ways, shots, queries, seed=seed)
     was_training = algorithm.training
     algorithm.eval()
     accs = torch.empty(episodes)
@@ -77,10 +113,52 @@ def evaluate(
         accuracy=mean,
         ci95=ci,
         episodes=episodes,
-        ways=ways,
-        shots=shots,
-        queries=queries,
+        ways=sampler.ways,
+        shots=sampler.shots,
+        queries=sampler.queries,
         split=split,
         seconds=round(time.perf_counter() - start, 3),
-        seed=seed,
+        seed=sampler.seed,
+    )
+
+
+def evaluate_regression(
+    algorithm: Algorithm,
+    sampler: EpisodeSampler,
+    steps: Sequence[int] = (1, 5, 10),
+    episodes: int = 1000,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> RegressionResult:
+    """Query MSE after each number of adaptation `steps` on the support points of each task."""
+    if getattr(algorithm, "task", None) != "regression":
+        raise ConfigError(f"{algorithm.name} is not a regression learner")
+    if not steps or min(steps) < 0:
+        raise ConfigError(f"adaptation steps must be a non-empty list of counts >= 0: {steps}")
+    was_training = algorithm.training
+    algorithm.eval()
+    errors = torch.empty(len(steps), episodes)
+    start = time.perf_counter()
+    try:
+        for i in tqdm(range(episodes), desc=f"eval {split}", disable=not progress, unit="task"):
+            ep = sampler.sample(i).to(device)
+            for j, k in enumerate(steps):
+                with algorithm.inference():
+                    state = algorithm.adapt(ep.support_x, ep.support_y, steps=k)  # type: ignore[call-arg]
+                    pred = algorithm.logits(state, ep.query_x)
+                errors[j, i] = F.mse_loss(pred, ep.query_y).item()
+    finally:
+        algorithm.train(was_training)
+    stats = [mean_ci95(row) for row in errors]
+    return RegressionResult(
+        steps=list(steps),
+        mse=[m for m, _ in stats],
+        ci95=[c for _, c in stats],
+        episodes=episodes,
+        shots=sampler.shots,
+        queries=sampler.queries,
+        split=split,
+        seconds=round(time.perf_counter() - start, 3),
+        seed=sampler.seed,
     )

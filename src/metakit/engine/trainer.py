@@ -23,11 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from metakit import __version__
+from metakit.algorithms import Algorithm
 from metakit.config import Config, read_yaml, save_config
-from metakit.data.sampler import TaskSampler
+from metakit.data.source import EpisodeSampler
 from metakit.engine.build import build_algorithm, build_dataset, resolve_device
 from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
-from metakit.engine.evaluate import evaluate
+from metakit.engine.evaluate import EvalResult, RegressionResult, evaluate, evaluate_regression
 from metakit.errors import ConfigError, TrainingError
 from metakit.tracking import RunLogger
 
@@ -77,7 +78,42 @@ def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """The outer learning rate at `step` (0-based) under the configured schedule."""
+    t = config.train
+    if t.lr_schedule == "linear":
+        return t.lr * (1 - step / max(t.episodes, 1))
+    return t.lr * t.lr_gamma ** (step // t.lr_step)
+
+
+def validate(
+    algorithm: Algorithm, sampler: EpisodeSampler, config: Config, device: torch.device
+) -> EvalResult | RegressionResult:
+    """Accuracy (classification) or MSE after the most adaptation steps (regression) on val."""
+    t = config.train
+    if algorithm_task(algorithm) == "regression":
+        return evaluate_regression(
+            algorithm,
+            sampler,
+            steps=[max(config.eval.adapt_steps)],
+            episodes=t.val_episodes,
+            split=t.val_split,
+            device=device,
+        )
+    return evaluate(algorithm, sampler, t.val_episodes, split=t.val_split, device=device)
+
+
+def algorithm_task(algorithm: Algorithm) -> str:
+    return getattr(algorithm, "task", "classification")
+
+
+def val_row(result: EvalResult | RegressionResult) -> dict[str, float]:
+    if isinstance(result, RegressionResult):
+        return {"mse": result.mse[-1], "ci95": result.ci95[-1]}
+    return {"accuracy": result.accuracy, "ci95": result.ci95}
 
 
 def peak_memory_mb() -> float:
@@ -100,10 +136,10 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     dataset = build_dataset(config)
-    sampler = TaskSampler(dataset.split(t.split), t.ways, t.shots, t.queries, seed=config.seed)
-    val_set = dataset.split(t.val_split)
-    TaskSampler(val_set, e.ways, e.shots, e.queries)  # fail now, not after an hour, if impossible
-    algorithm = build_algorithm(config, dataset.preprocess).to(device)
+    sampler = dataset.sampler(t.split, t.ways, t.shots, t.queries, seed=config.seed)
+    # built now, so an impossible val setting fails before an hour of training, not after
+    val_sampler = dataset.sampler(t.val_split, e.ways, e.shots, e.queries, seed=e.seed)
+    algorithm = build_algorithm(config, dataset.inputs, dataset.task).to(device)
     optimizer = make_optimizer(config, algorithm.parameters())
 
     step, best, seconds = 0, -math.inf, 0.0
@@ -116,10 +152,14 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     save_config(config, out / "config.yaml")
     base_meta = {
         "config": config.to_dict(),
-        "preprocess": dataset.preprocess.to_dict(),
+        "preprocess": dataset.preprocess.to_dict() if dataset.preprocess else None,
+        "inputs": dataset.inputs,
+        "task": dataset.task,
         "seed": config.seed,
         "metakit_version": __version__,
-        "metric": f"{t.val_split}_accuracy",
+        "metric": f"{t.val_split}_accuracy"
+        if dataset.task == "classification"
+        else f"-{t.val_split}_mse",  # best_metric is maximised, so MSE is stored negated
     }
 
     def checkpoint(name: str) -> None:
@@ -134,7 +174,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         algorithm.train()
         while step < t.episodes:
             tic = time.perf_counter()
-            lr = t.lr * t.lr_gamma ** (step // t.lr_step)
+            lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if t.meta_batch == 1:
@@ -169,30 +209,21 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 row = {k: v / window_steps for k, v in window.items()}
                 row.update(lr=lr, episodes_per_s=window_steps * t.meta_batch / max(elapsed, 1e-9))
                 logger.log(step, "train", row)
+                shown = {"acc": row["accuracy"]} if "accuracy" in row else {"mse": row.get("mse")}
                 bar.set_postfix(
                     loss=f"{row['loss']:.3f}",
-                    acc=f"{row.get('accuracy', float('nan')):.3f}",
+                    **{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
                     ep_s=f"{row['episodes_per_s']:.1f}",
                 )
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
             if step % t.val_every == 0 or step == t.episodes:
                 val_start = time.perf_counter()
-                val = evaluate(
-                    algorithm,
-                    val_set,
-                    e.ways,
-                    e.shots,
-                    e.queries,
-                    t.val_episodes,
-                    seed=e.seed,
-                    split=t.val_split,
-                    device=device,
-                )
-                logger.log(step, "val", {"accuracy": val.accuracy, "ci95": val.ci95})
+                val = validate(algorithm, val_sampler, config, device)
+                logger.log(step, "val", val_row(val))
                 bar.write(f"step {step}: {t.val_split} {val.summary()}", file=sys.stderr)
-                if val.accuracy > best:
-                    best = val.accuracy
+                if val.score > best:
+                    best = val.score
                     checkpoint("best")
                 checkpoint("last")
                 window_start += time.perf_counter() - val_start  # episodes/s counts training only
@@ -205,7 +236,12 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         bar.close()
     return {
         "steps": step,
-        "best_val_accuracy": best,
+        "task": dataset.task,
+        **(
+            {"best_val_accuracy": best}
+            if dataset.task == "classification"
+            else {"best_val_mse": -best}
+        ),
         "train_seconds": round(seconds, 2),
         "episodes_per_s": round(step * t.meta_batch / max(seconds, 1e-9), 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),

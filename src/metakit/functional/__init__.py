@@ -1,5 +1,24 @@
 """Pure-function helpers over parameter dicts (torch.func): the inner loop of gradient methods."""
 
-from metakit.functional.adapt import Params, adapt, batched_adapt_loss, split_state
+from metakit.functional.adapt import (
+    Params,
+    adapt,
+    batched_adapt_loss,
+    query_forward,
+    split_state,
+    task_query_loss,
+)
+from metakit.functional.rules import UpdateRule, adam, make_rule, sgd
 
-__all__ = ["Params", "adapt", "batched_adapt_loss", "split_state"]
+__all__ = [
+    "Params",
+    "UpdateRule",
+    "adam",
+    "adapt",
+    "batched_adapt_loss",
+    "make_rule",
+    "query_forward",
+    "sgd",
+    "split_state",
+    "task_query_loss",
+]

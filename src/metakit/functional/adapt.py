@@ -2,9 +2,10 @@
 
 `adapt` takes K gradient steps on a support set with `torch.func.functional_call` and
 `torch.func.grad`. The graph is kept for second-order MAML; `first_order=True` detaches the
-inner gradients (FOMAML). The update rule is SGD with either a scalar rate or a dict of
-per-parameter rates (Meta-SGD). A meta-batch runs either under `torch.func.vmap` or in a plain
-loop; both compute the same function, and tests hold them equal.
+inner gradients (FOMAML). The update rule is an `UpdateRule` (`metakit.functional.rules`), or a
+scalar rate / dict of per-parameter rates meaning SGD (Meta-SGD). A meta-batch runs either under
+`torch.func.vmap` or in a plain loop; both compute the same function, and tests hold them equal.
+`transductive=False` scores queries with BatchNorm statistics of the support set only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from metakit.functional.rules import UpdateRule, as_rule
+from metakit.models.norm import statistics_from_first
+
 Params = dict[str, torch.Tensor]
+Rule = UpdateRule | float | Params
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -32,22 +37,40 @@ def adapt(
     y: torch.Tensor,
     loss_fn: LossFn,
     steps: int,
-    lr: float | Params,
+    rule: Rule,
     first_order: bool = False,
 ) -> Params:
-    """`steps` SGD steps from `params` on `(x, y)`; `lr` is a scalar or a rate per parameter."""
+    """`steps` steps of `rule` from `params` on `(x, y)` (a number or dict of rates means SGD)."""
+    rule = as_rule(rule)
 
     def support_loss(p: Params) -> torch.Tensor:
         return loss_fn(functional_call(model, (p, buffers), (x,)), y)
 
+    state = rule.init(params)
     for _ in range(steps):
         grads = grad(support_loss)(params)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        params = {
-            k: p - (lr[k] if isinstance(lr, dict) else lr) * grads[k] for k, p in params.items()
-        }
+        updates, state = rule.update(grads, state, params)
+        params = {k: p + updates[k] for k, p in params.items()}
     return params
+
+
+def query_forward(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    support_x: torch.Tensor,
+    query_x: torch.Tensor,
+    transductive: bool = True,
+) -> torch.Tensor:
+    """Outputs for the queries; non-transductive BatchNorm takes statistics from the support."""
+    if transductive:
+        return functional_call(model, (params, buffers), (query_x,))
+    rows = support_x.shape[0]
+    with statistics_from_first(rows):
+        out = functional_call(model, (params, buffers), (torch.cat([support_x, query_x]),))
+    return out[rows:]
 
 
 def task_query_loss(
@@ -60,13 +83,14 @@ def task_query_loss(
     query_y: torch.Tensor,
     loss_fn: LossFn,
     steps: int,
-    lr: float | Params,
+    rule: Rule,
     first_order: bool,
+    transductive: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapt on the support set, then return the query loss and query logits of one task."""
-    adapted = adapt(model, params, buffers, support_x, support_y, loss_fn, steps, lr, first_order)
-    logits = functional_call(model, (adapted, buffers), (query_x,))
-    return loss_fn(logits, query_y), logits
+    """Adapt on the support set, then return the query loss and query outputs of one task."""
+    adapted = adapt(model, params, buffers, support_x, support_y, loss_fn, steps, rule, first_order)
+    out = query_forward(model, adapted, buffers, support_x, query_x, transductive)
+    return loss_fn(out, query_y), out
 
 
 def batched_adapt_loss(
@@ -79,9 +103,10 @@ def batched_adapt_loss(
     query_y: torch.Tensor,
     loss_fn: LossFn,
     steps: int,
-    lr: float | Params,
+    rule: Rule,
     first_order: bool = False,
     vectorize: bool = True,
+    transductive: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task query losses `[T]` and logits `[T, Q, C]` for a meta-batch (leading dim T).
 
@@ -91,7 +116,7 @@ def batched_adapt_loss(
 
     def one(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
         return task_query_loss(
-            model, params, buffers, sx, sy, qx, qy, loss_fn, steps, lr, first_order
+            model, params, buffers, sx, sy, qx, qy, loss_fn, steps, rule, first_order, transductive
         )
 
     if vectorize:

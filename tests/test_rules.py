@@ -1,0 +1,93 @@
+"""Functional update rules against torch.optim, and BatchNorm modes against hand computation."""
+
+import pytest
+import torch
+from torch import nn
+
+from metakit import create_backbone
+from metakit.algorithms import MAML
+from metakit.errors import ConfigError
+from metakit.functional import adam, adapt, sgd
+from metakit.models.norm import SupportBatchNorm, statistics_from_first, use_batch_statistics
+
+
+def quadratic_problem():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    return model, x, y
+
+
+@pytest.mark.parametrize(
+    ("rule", "make_opt"),
+    [
+        (adam(0.05, b1=0.0), lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.999))),
+        (adam(0.05), lambda p: torch.optim.Adam(p, lr=0.05)),
+        (sgd(0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    ],
+)
+def test_rule_equals_torch_optim(rule, make_opt):
+    model, x, y = quadratic_problem()
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ours = adapt(model, start, {}, x, y, nn.functional.mse_loss, 7, rule)
+    opt = make_opt(model.parameters())
+    for _ in range(7):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    for k, p in model.named_parameters():
+        assert torch.allclose(ours[k], p, atol=1e-12), k
+
+
+def test_per_parameter_rates_scale_each_entry():
+    model, x, y = quadratic_problem()
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    rates = {k: torch.rand_like(v) for k, v in start.items()}
+    ours = adapt(model, start, {}, x, y, nn.functional.mse_loss, 1, rates)
+    grads = torch.autograd.grad(nn.functional.mse_loss(model(x), y), list(model.parameters()))
+    for (k, p), g in zip(start.items(), grads, strict=True):
+        assert torch.allclose(ours[k], p - rates[k] * g, atol=1e-12), k
+
+
+def test_invalid_rules_are_config_errors():
+    with pytest.raises(ConfigError, match="positive"):
+        sgd(-1.0)
+    with pytest.raises(ConfigError, match="invalid adam"):
+        adam(0.1, b1=1.5)
+
+
+def test_support_batchnorm_uses_support_statistics_only():
+    bn = nn.BatchNorm2d(3).double()
+    nn.init.uniform_(bn.weight)
+    nn.init.uniform_(bn.bias)
+    use_batch_statistics(bn, "support")
+    assert isinstance(bn, SupportBatchNorm)
+    support = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    query = torch.randn(6, 3, 5, 5, dtype=torch.float64) * 3 + 1
+    with statistics_from_first(4):
+        out = bn(torch.cat([support, query]))
+    mean = support.mean((0, 2, 3), keepdim=True)
+    var = support.var((0, 2, 3), unbiased=False, keepdim=True)
+    w, b = bn.weight.view(1, -1, 1, 1), bn.bias.view(1, -1, 1, 1)
+    expected = (query - mean) / torch.sqrt(var + bn.eps) * w + b
+    assert torch.allclose(out[4:], expected, atol=1e-10)
+    assert torch.allclose(
+        bn(support),
+        nn.functional.batch_norm(support, None, None, bn.weight, bn.bias, True, 0.0, bn.eps),
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("bn", ["transductive", "support"])
+def test_query_predictions_depend_on_other_queries_only_when_transductive(bn):
+    torch.manual_seed(0)
+    backbone = create_backbone("conv4", image_size=8, hidden=4, depth=2)
+    algo = MAML(backbone, ways=2, inner_lr=0.1, bn=bn).eval()
+    sx, sy = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])
+    queries = torch.randn(6, 1, 8, 8)
+    with algo.inference():
+        state = algo.adapt(sx, sy)
+        alone = algo.logits(state, queries[:2])
+        together = algo.logits(state, queries)[:2]
+    same = torch.allclose(alone, together, atol=1e-5)
+    assert same == (bn == "support")
