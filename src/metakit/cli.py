@@ -73,6 +73,10 @@ def eval_(
         str | None,
         typer.Option(help="Regression: adaptation steps to report, e.g. 1,5,10."),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Test-time override, e.g. algorithm.test_inner_lr=0.02."),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -83,7 +87,7 @@ def eval_(
 
     if checkpoint is None:
         checkpoint = read_run_config(run_dir).eval.checkpoint
-    config, algorithm, _, meta = load_run(run_dir, checkpoint, device="cpu")
+    config, algorithm, _, meta = load_run(run_dir, checkpoint, "cpu", list(set_ or []))
     dev = resolve_device(device)
     algorithm.to(dev)
     e = config.eval
@@ -113,6 +117,7 @@ def eval_(
         "checkpoint": checkpoint,
         "step": meta["step"],
         "run": str(run_dir),
+        "overrides": list(set_ or []),
     }
     if json_:
         typer.echo(json.dumps(out))

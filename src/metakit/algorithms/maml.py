@@ -54,7 +54,8 @@ class MAML(Algorithm):
 
     `first_order` drops second-order terms (FOMAML). Test-time adaptation uses
     `test_inner_steps` and `test_inner_lr` (default: the training rate). `vectorize` picks vmap,
-    a loop, or `auto` (loop on CPU, where batched convolutions are slow; vmap elsewhere).
+    a loop, or `auto` (a loop for conv nets on CPU, where batched convolutions are slow; vmap
+    elsewhere).
     """
 
     name = "maml"
@@ -180,8 +181,10 @@ class MAML(Algorithm):
 
     # -- internals --------------------------------------------------------------------------
     def _use_vmap(self, device: torch.device) -> bool:
-        if self.vectorize == "auto":
-            return device.type != "cpu"
+        if self.vectorize == "auto":  # measured (benchmarks/maml_throughput.py, sinusoid MLP):
+            # per-task convolutions under vmap are slow on CPU, batched matmuls are fast
+            convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.backbone.modules())
+            return device.type != "cpu" or not convs
         return self.vectorize == "vmap"
 
     def _vmapped(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:

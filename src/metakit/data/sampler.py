@@ -19,12 +19,17 @@ from metakit.errors import DataError
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def episode_generator(seed: int, index: int, stream: str = "") -> torch.Generator:
-    """A generator whose stream depends only on `(seed, index)` (no collisions between seeds);
-    a non-empty `stream` name gives an independent family (e.g. one per task split)."""
+def stream_seed(seed: int, index: int, stream: str = "") -> int:
+    """A 63-bit seed that depends only on `(seed, index)` (no collisions between seeds); a
+    non-empty `stream` name gives an independent family (e.g. one per task split)."""
     key = f"{stream}:{seed}:{index}" if stream else f"{seed}:{index}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def episode_generator(seed: int, index: int, stream: str = "") -> torch.Generator:
+    """A torch generator seeded by `stream_seed(seed, index, stream)`."""
+    return torch.Generator().manual_seed(stream_seed(seed, index, stream))
 
 
 class TaskSampler:

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from metakit.data.episode import Episode
-from metakit.data.sampler import episode_generator
+from metakit.data.sampler import stream_seed
 from metakit.errors import ConfigError, DataError
 
 AMPLITUDE = (0.1, 5.0)
@@ -29,7 +30,7 @@ class SinusoidTask:
     phase: float
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.amplitude * torch.sin(x - self.phase)
+        return self.amplitude * torch.sin(x - self.phase)  # float32 math, as the sampler's
 
 
 class SinusoidSampler:
@@ -44,23 +45,32 @@ class SinusoidSampler:
             )
         self.shots, self.queries, self.seed, self.stream = shots, queries, seed, stream
 
-    def task(self, index: int) -> tuple[SinusoidTask, torch.Generator]:
-        g = episode_generator(self.seed, index, self.stream)
-        u = torch.rand(2, generator=g, dtype=torch.float64)
+    def task(self, index: int) -> tuple[SinusoidTask, np.random.Generator]:
+        """Task `index` and the random stream its points are drawn from."""
+        rng = np.random.default_rng(stream_seed(self.seed, index, self.stream))
+        u = rng.random(2)
         amplitude = AMPLITUDE[0] + (AMPLITUDE[1] - AMPLITUDE[0]) * float(u[0])
         phase = PHASE[0] + (PHASE[1] - PHASE[0]) * float(u[1])
-        return SinusoidTask(amplitude, phase), g
+        return SinusoidTask(amplitude, phase), rng
+
+    def _points(self, index: int) -> np.ndarray:
+        task, rng = self.task(index)
+        lo, hi = X_RANGE
+        x = lo + (hi - lo) * rng.random(self.shots + self.queries, dtype=np.float32)
+        y = task.amplitude * np.sin(x - np.float32(task.phase))
+        return np.stack([x, y])  # [2, K + Q]; plain numpy: tasks are tiny, torch ops cost more
 
     def sample(self, index: int) -> Episode:
-        task, g = self.task(index)
-        lo, hi = X_RANGE
-        x = lo + (hi - lo) * torch.rand(self.shots + self.queries, 1, generator=g)
-        y = task(x)
-        k = self.shots
-        return Episode(x[:k], y[:k], x[k:], y[k:])
+        return self._split(torch.from_numpy(self._points(index)).unsqueeze(-1))
 
     def batch(self, start: int, size: int) -> Episode:
-        return Episode.stack([self.sample(start + i) for i in range(size)])
+        points = np.stack([self._points(start + i) for i in range(size)], axis=1)
+        return self._split(torch.from_numpy(points).unsqueeze(-1))
+
+    def _split(self, points: torch.Tensor) -> Episode:
+        x, y = points[0], points[1]
+        k = self.shots
+        return Episode(x[..., :k, :], y[..., :k, :], x[..., k:, :], y[..., k:, :])
 
 
 class SinusoidTasks:

@@ -86,13 +86,29 @@ def read_run_config(run_dir: Path) -> Config:
     return Config.from_dict(read_yaml(path))
 
 
+def test_time_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply `algorithm.test_*` overrides (test-time settings such as `test_inner_lr`); anything
+    else would describe a different model than the one trained, so it is refused."""
+    from metakit.config import apply_overrides
+
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("algorithm.test_"):
+            raise ConfigError(
+                f"cannot override {key} at evaluation: only test-time settings "
+                "(algorithm.test_*, e.g. algorithm.test_inner_lr) may change after training"
+            )
+    return Config.from_dict(apply_overrides(config.to_dict(), overrides))
+
+
 def load_run(
-    run_dir: Path, which: str = "best", device: str = "cpu"
+    run_dir: Path, which: str = "best", device: str = "cpu", overrides: list[str] | None = None
 ) -> tuple[Config, Algorithm, Preprocess | None, dict[str, Any]]:
-    """Rebuild a trained algorithm from its self-describing checkpoint (no dataset needed)."""
+    """Rebuild a trained algorithm from its self-describing checkpoint (no dataset needed);
+    `overrides` may change its test-time settings (see `test_time_overrides`)."""
     path = checkpoint_path(run_dir, which)
     meta = read_meta(path)
-    config = Config.from_dict(meta["config"])
+    config = test_time_overrides(Config.from_dict(meta["config"]), overrides or [])
     preprocess, inputs, task = run_inputs(meta)
     algorithm = build_algorithm(config, inputs, task)
     load_checkpoint(path, algorithm)
