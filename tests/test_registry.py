@@ -25,8 +25,23 @@ def test_conv4_layout():
     assert len(bb.features) == 4 and bb.out_dim == 64
     for block in bb.features:
         kinds = [type(m).__name__ for m in block]
-        assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+        assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
         assert block[0].out_channels == 64 and block[0].kernel_size == (3, 3)
+
+
+def test_conv4_pool_then_relu_equals_the_paper_order():
+    torch.manual_seed(0)
+    block = create_backbone("conv4", hidden=8, depth=1, channels_last=False).features[0].double()
+    conv, bn, pool, _ = block
+    x = torch.randn(4, 1, 10, 10, dtype=torch.float64, requires_grad=True)
+    ours = block(x)
+    paper = pool(torch.relu(bn(conv(x))))
+    assert torch.equal(ours, paper)
+    w = torch.randn_like(ours)
+    g_ours = torch.autograd.grad((ours * w).sum(), [x, conv.weight])
+    g_paper = torch.autograd.grad((paper * w).sum(), [x, conv.weight])
+    for a, b in zip(g_ours, g_paper, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_unknown_backbone_lists_choices():

@@ -16,10 +16,10 @@ from metakit.learner import load
 runner = CliRunner()
 SHORT = [
     "device=cpu",
-    "train.episodes=600",
+    "train.episodes=3000",
     "train.meta_batch=10",
-    "train.lr=0.003",
-    "train.val_every=300",
+    "train.lr=0.002",
+    "train.val_every=1500",
     "train.val_episodes=50",
 ]
 

@@ -3,9 +3,11 @@
 The inner loop is `metakit.functional.adapt`. A meta-batch runs either as a Python loop with
 ordinary autograd, or vectorised as `vmap(grad(task_loss))`: the task dimension stays
 outermost because an outer backward *through* vmap gets BatchNorm's second-order terms wrong
-(measured: 6e-3 off against finite differences; functorch issue #534). The vectorised path hands
-its meta-gradient to the trainer through a surrogate loss whose value is the query loss and whose
-gradient is the mean per-task meta-gradient, so every algorithm keeps `meta_loss → backward`.
+(measured: 6e-3 off against finite differences; functorch issue #534). Both paths hand
+their meta-gradient to the trainer through a surrogate loss whose value is the query loss and
+whose gradient is the mean per-task meta-gradient, so every algorithm keeps
+`meta_loss → backward`; the loop path runs each task's backward at once, so only one task's
+graph is alive at a time (measured: peak memory 2.4 GB → see benchmarks/maml_throughput.py).
 
 BatchNorm uses batch statistics, never running averages; `bn` says which batch (see
 `metakit.models.norm`): "transductive" (the MAML paper's numbers) or "support" (per-task
@@ -29,7 +31,6 @@ from metakit.functional.adapt import (
     LossFn,
     Params,
     adapt,
-    batched_adapt_loss,
     query_forward,
     task_query_loss,
 )
@@ -154,23 +155,8 @@ class MAML(Algorithm):
         if not batch.batched:
             batch = Episode(*(t.unsqueeze(0) for t in batch.tensors()))
         self._check_ways(batch.support_y)
-        if self._use_vmap(batch.support_x.device):
-            loss, out = self._vmapped(batch)
-        else:
-            params, _ = self.meta_parameters()
-            losses, out = batched_adapt_loss(
-                self.backbone,
-                params,
-                dict(self.backbone.named_buffers()),
-                *batch.tensors(),
-                self.loss_fn,
-                self.inner_steps,
-                self.inner_rule(),
-                self.first_order,
-                vectorize=False,
-                transductive=self.transductive,
-            )
-            loss = losses.mean()
+        run = self._vmapped if self._use_vmap(batch.support_x.device) else self._looped
+        loss, out = run(batch)
         return loss, self.metrics(loss, out, batch.query_y)
 
     def metrics(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> dict:
@@ -187,7 +173,45 @@ class MAML(Algorithm):
             return device.type != "cpu" or not convs
         return self.vectorize == "vmap"
 
+    def _looped(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task at a time, each task's graph freed after its backward (low peak memory)."""
+        params, extra = self.meta_parameters()
+        buffers = dict(self.backbone.named_buffers())
+        names = [*params, *(f"extra.{k}" for k in extra)]
+        tensors = [*params.values(), *extra.values()]
+        totals: list[torch.Tensor] = [torch.zeros_like(t) for t in tensors]
+        losses, outs = [], []
+        for sx, sy, qx, qy in zip(*batch.tensors(), strict=True):
+            loss, out = task_query_loss(
+                self.backbone,
+                params,
+                buffers,
+                sx,
+                sy,
+                qx,
+                qy,
+                self.loss_fn,
+                self.inner_steps,
+                self.rule_from(extra),
+                self.first_order,
+                self.transductive,
+            )
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            for total, g in zip(totals, grads, strict=True):
+                if g is not None:
+                    total += g
+            losses.append(loss.detach())
+            outs.append(out.detach())
+        tasks = len(losses)
+        mean = dict(zip(names, (t / tasks for t in totals), strict=True))
+        g_params = {k: mean[k] for k in params}
+        g_extra = {k: mean[f"extra.{k}"] for k in extra}
+        return self._surrogate(params, extra, g_params, g_extra, torch.stack(losses)), torch.stack(
+            outs
+        )
+
     def _vmapped(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """All tasks at once: `vmap(grad(task))`, the task dimension outermost."""
         params, extra = self.meta_parameters()
         buffers = dict(self.backbone.named_buffers())
 
@@ -215,11 +239,18 @@ class MAML(Algorithm):
         (g_params, g_extra), (losses, out) = vmap(
             grad(task, argnums=(0, 1), has_aux=True), in_dims=(None, None, 0, 0, 0, 0)
         )(*detached, *batch.tensors())
-        surrogate = sum((params[k] * g.mean(0)).sum() for k, g in g_params.items())
-        surrogate = surrogate + sum((extra[k] * g.mean(0)).sum() for k, g in g_extra.items())
-        # value: the mean query loss; gradient: the mean per-task meta-gradient
-        loss = surrogate - surrogate.detach() + losses.mean().detach()
-        return loss, out
+        g_params = {k: g.mean(0) for k, g in g_params.items()}
+        g_extra = {k: g.mean(0) for k, g in g_extra.items()}
+        return self._surrogate(params, extra, g_params, g_extra, losses), out
+
+    @staticmethod
+    def _surrogate(
+        params: Params, extra: Params, g_params: Params, g_extra: Params, losses: torch.Tensor
+    ) -> torch.Tensor:
+        """Value: the mean query loss; gradient: the given mean per-task meta-gradient."""
+        surrogate = sum((params[k] * g).sum() for k, g in g_params.items())
+        surrogate = surrogate + sum((extra[k] * g).sum() for k, g in g_extra.items())
+        return surrogate - surrogate.detach() + losses.mean().detach()
 
     def rule_from(self, extra: Params) -> UpdateRule:
         """The training rule built from (possibly vmapped) extra meta-parameters."""

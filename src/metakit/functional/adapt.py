@@ -48,9 +48,10 @@ def adapt(
 
     state = rule.init(params)
     for _ in range(steps):
-        grads = grad(support_loss)(params)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
+        if first_order:  # gradients at the current values, with no graph back to `params`
+            grads = grad(support_loss)({k: p.detach() for k, p in params.items()})
+        else:
+            grads = grad(support_loss)(params)
         updates, state = rule.update(grads, state, params)
         params = {k: p + updates[k] for k, p in params.items()}
     return params

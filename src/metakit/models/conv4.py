@@ -1,4 +1,9 @@
-"""Conv-4 (Vinyals et al. 2016): four blocks of conv3x3(64) → BatchNorm → ReLU → max-pool 2x2."""
+"""Conv-4 (Vinyals et al. 2016): four blocks of conv3x3(64) → BatchNorm → ReLU → max-pool 2x2.
+
+The block applies the max-pool before the ReLU: `relu(maxpool(x)) == maxpool(relu(x))` exactly
+(both are monotone), with the same gradients, but the ReLU then runs on a 4x smaller tensor
+(measured: MAML meta-training on CPU is elementwise-bound in the first block).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
     )
 
 
