@@ -71,7 +71,8 @@ def tune_fine_tune_rate(run_dir: Path) -> tuple[float, dict[float, float]]:
     for lr in FINE_TUNE_RATES:
         algorithm.test_inner_lr = lr
         scores[lr] = evaluate_regression(algorithm, sampler, steps=[10], episodes=200).mse[0]
-    return min(scores, key=scores.__getitem__), scores
+    finite = {lr: m for lr, m in scores.items() if m == m and m != float("inf")}  # drop NaN/inf
+    return min(finite, key=finite.__getitem__), scores
 
 
 def sinusoid_part(out: Path, episodes: int) -> list[dict]:
@@ -178,7 +179,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--part", choices=["sinusoid", "omniglot", "all"], default="all")
-    parser.add_argument("--sinusoid-episodes", type=int, default=20000)
+    parser.add_argument("--sinusoid-episodes", type=int, default=40000)
     parser.add_argument("--omniglot-episodes", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/gradient_meta"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gradient_meta"))

@@ -66,6 +66,12 @@ def test_report_draws_a_png(maml_run, tmp_path):
     result = runner.invoke(app, ["report", str(out), str(out), "--out", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tuned = runner.invoke(
+        app, ["report", str(out), "--out", str(png), "--set", "0:algorithm.test_inner_lr=0.02"]
+    )
+    assert tuned.exit_code == 0, tuned.output
+    wrong = runner.invoke(app, ["report", str(out), "--set", "3:algorithm.test_inner_lr=0.02"])
+    assert wrong.exit_code == 2 and "run index" in wrong.output
 
 
 def test_eval_overrides_only_test_time_settings(maml_run):

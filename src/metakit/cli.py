@@ -138,13 +138,32 @@ def report(
         "0,1,10"
     ),
     checkpoint: Annotated[str | None, typer.Option(help="best or last.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="RUN_INDEX:key=value test-time override, e.g. 1:algorithm.test_inner_lr=0.02.",
+        ),
+    ] = None,
 ) -> None:
     """Draw the adaptation plot of regression runs: the true function, the K support points, and
     the predictions after 0, 1 and 10 steps, one panel per run."""
     from metakit.report import adaptation_plot
 
+    overrides: list[list[str]] = [[] for _ in run_dirs]
+    for item in set_ or []:
+        index, _, setting = item.partition(":")
+        if not index.isdigit() or int(index) >= len(run_dirs):
+            fail(f"--set {item!r} must start with a run index 0..{len(run_dirs) - 1} and a colon")
+        overrides[int(index)].append(setting)
     path = adaptation_plot(
-        run_dirs, out, task=task, steps=[int(s) for s in steps.split(",")], checkpoint=checkpoint
+        run_dirs,
+        out,
+        task=task,
+        steps=[int(s) for s in steps.split(",")],
+        checkpoint=checkpoint,
+        overrides=overrides,
     )
     typer.echo(json.dumps({"written": str(path)}))
 

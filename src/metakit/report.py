@@ -16,9 +16,11 @@ def adaptation_plot(
     task: int = 0,
     steps: Sequence[int] = (0, 1, 10),
     checkpoint: str | None = None,
+    overrides: Sequence[Sequence[str]] | None = None,
 ) -> Path:
     """One panel per regression run: the true curve of test task `task`, its K support points,
-    and the run's predictions after each number of `steps`; written as a PNG to `out`."""
+    and the run's predictions after each number of `steps`; written as a PNG to `out`.
+    `overrides[i]` are test-time settings for run i (e.g. `algorithm.test_inner_lr=0.02`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,9 +32,12 @@ def adaptation_plot(
         raise ConfigError("give at least one run directory")
     fig, axes = plt.subplots(1, len(run_dirs), figsize=(5 * len(run_dirs), 4), squeeze=False)
     grid = torch.linspace(-5, 5, 200).unsqueeze(1)
-    for ax, run_dir in zip(axes[0], run_dirs, strict=True):
+    per_run = list(overrides or [[] for _ in run_dirs])
+    if len(per_run) != len(run_dirs):
+        raise ConfigError("give one list of overrides per run directory")
+    for ax, run_dir, sets in zip(axes[0], run_dirs, per_run, strict=True):
         which = checkpoint or read_run_config(run_dir).eval.checkpoint
-        config, algorithm, _, meta = load_run(run_dir, which)
+        config, algorithm, _, meta = load_run(run_dir, which, "cpu", list(sets))
         if meta.get("task") != "regression":
             raise ConfigError(f"{run_dir} is not a regression run; the adaptation plot needs one")
         e = config.eval
@@ -53,7 +58,8 @@ def adaptation_plot(
             zorder=3,
             label=f"{e.shots} support points",
         )
-        ax.set_title(f"{config.algorithm['name']} ({Path(run_dir).name})")
+        lr = getattr(algorithm, "test_inner_lr", None)
+        ax.set_title(f"{config.algorithm['name']} ({Path(run_dir).name}), step size {lr:g}")
         ax.set_xlabel("x")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("y")
