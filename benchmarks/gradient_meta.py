@@ -8,12 +8,12 @@ training, meta-batch 25, Adam 1e-3. Pretrained baseline: the same MLP trained jo
 tasks, fine-tuned with SGD whose step size is chosen on 200 `val` tasks (as the paper tuned it).
 
 Omniglot protocol: Vinyals split, 28x28, Conv-4, 5-way 1-shot, 15 queries per class, 1000 fixed
-test episodes, checkpoint selected on `val`; each recipe trains for `--omniglot-episodes`
-meta-iterations (a fixed budget, far below the papers' 60k-100k). The BatchNorm mode is stated
-per row. Usage:
+test episodes, the last checkpoint (validated once at the end); each recipe sees the same number
+of training tasks, `--omniglot-tasks` (a fixed budget, far below the papers' ~2M tasks), i.e.
+tasks / meta-batch meta-iterations. The BatchNorm mode is stated per row. Usage:
 
     python benchmarks/gradient_meta.py [--part sinusoid|omniglot|all] [--sinusoid-episodes N]
-        [--omniglot-episodes N] [--results benchmarks/results/gradient_meta]
+        [--omniglot-tasks N] [--results benchmarks/results/gradient_meta]
 """
 
 from __future__ import annotations
@@ -111,10 +111,14 @@ def sinusoid_part(out: Path, episodes: int) -> list[dict]:
     return rows
 
 
-def omniglot_part(out: Path, episodes: int) -> list[dict]:
+def omniglot_part(out: Path, tasks: int) -> list[dict]:
+    from metakit.config import load_config
+
     rows = []
     for recipe in OMNIGLOT:
-        summary = train(recipe, out, episodes)
+        meta_batch = load_config(recipe).train.meta_batch
+        episodes = max(1, tasks // meta_batch)
+        summary = train(recipe, out, episodes, [f"train.val_every={episodes}"])
         result = metakit("eval", str(out / recipe), "--json", "--no-progress")
         rows.append(
             {
@@ -126,7 +130,8 @@ def omniglot_part(out: Path, episodes: int) -> list[dict]:
                 "protocol": {
                     k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")
                 },
-                "train_episodes": episodes,
+                "train_meta_iterations": episodes,
+                "train_tasks": episodes * meta_batch,
                 "train": summary,
             }
         )
@@ -162,7 +167,7 @@ def markdown(results: dict) -> str:
         for r in results["omniglot"]:
             t = r["train"]
             lines.append(
-                f"| {r['recipe']} | {r['train_episodes']} | {100 * r['accuracy']:.2f} | "
+                f"| {r['recipe']} | {r['train_meta_iterations']} | {100 * r['accuracy']:.2f} | "
                 f"±{100 * r['ci95']:.2f} | {r['bn']} | {r['published']} | "
                 f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t['peak_memory_mb']} |"
             )
@@ -180,7 +185,12 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=["sinusoid", "omniglot", "all"], default="all")
     parser.add_argument("--sinusoid-episodes", type=int, default=40000)
-    parser.add_argument("--omniglot-episodes", type=int, default=300)
+    parser.add_argument(
+        "--omniglot-tasks",
+        type=int,
+        default=3200,
+        help="training budget in tasks (meta-iterations = tasks / the recipe's meta-batch)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/gradient_meta"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gradient_meta"))
     args = parser.parse_args()
@@ -188,7 +198,7 @@ def main() -> None:
     if args.part in ("sinusoid", "all"):
         results["sinusoid"] = sinusoid_part(args.out, args.sinusoid_episodes)
     if args.part in ("omniglot", "all"):
-        results["omniglot"] = omniglot_part(args.out, args.omniglot_episodes)
+        results["omniglot"] = omniglot_part(args.out, args.omniglot_tasks)
     write_results(args.results, results, markdown(results))
     print(json.dumps({"written": str(args.results.with_suffix(".json"))}))
 
