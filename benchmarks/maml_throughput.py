@@ -23,7 +23,7 @@ import torch
 
 from common import hardware, write_results
 
-SETTINGS = [(order, path) for order in ("second", "first") for path in ("loop", "vmap")]
+SETTINGS = [(order, path) for order in ("second", "first") for path in ("loop", "vmap")]  # loop 1st
 
 
 def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
@@ -127,8 +127,16 @@ def main() -> None:
         )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        # FlopCounterMode counts a vmapped convolution (per-task weights) as a dense one over all
+        # tasks' channels, so the algorithm's work is the loop path's count for the same order
+        work = next((r for r in rows if r["order"] == order and r["path"] == "loop"), row)
+        row["algorithm_gflop_per_meta_iteration"] = work["gflop_per_meta_iteration"]
+        row["achieved_gflops"] = round(
+            work["gflop_per_meta_iteration"] / row["seconds_per_meta_iteration"], 1
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     peak = matmul_peak_gflops() if args.device == "cpu" else None
     results = {
         "benchmark": "maml_throughput",
@@ -145,13 +153,13 @@ def main() -> None:
         "meta-batch 32, 1 inner step)",
         "",
         "| order | path | tasks/s | s / meta-iteration | GFLOP / meta-iteration | GFLOP/s | "
-        "peak RSS (MB) |",
+        "peak RSS (MB) |",  # GFLOP: the algorithm's work (the loop path's count)
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['order']} | {r['path']} | {r['tasks_per_s']} | "
-            f"{r['seconds_per_meta_iteration']} | {r['gflop_per_meta_iteration']} | "
+            f"{r['seconds_per_meta_iteration']} | {r['algorithm_gflop_per_meta_iteration']} | "
             f"{r['achieved_gflops']} | {r['peak_memory_mb']} |"
         )
     hw = results["hardware"]
