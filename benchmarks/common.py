@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,68 @@ def write_results(path: Path, results: dict[str, Any], markdown: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown)
+
+
+def training_key(recipe: str, overrides: list[str]) -> str:
+    """Recipes with the same key train the same model (they differ only in evaluation)."""
+    from metakit.config import load_config
+
+    d = load_config(recipe, overrides).to_dict()
+    d.pop("eval"), d.pop("name"), d.pop("description")
+    return json.dumps(d, sort_keys=True)
+
+
+def train_and_evaluate(
+    recipes: list[str],
+    out: Path,
+    overrides: list[str],
+    episodes: int,
+    published: dict[str, float],
+    extra_eval: list[list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train each distinct model once (resuming an interrupted run), then evaluate every recipe
+    on its own test setting with `episodes` fixed-seed episodes; one row per recipe (and per
+    extra evaluation, e.g. `["--method", "nearest-centroid"]`), printed as it is done."""
+    from metakit.config import load_config
+
+    trained: dict[str, tuple[Path, dict[str, Any]]] = {}
+    rows = []
+    for recipe in recipes:
+        key = training_key(recipe, overrides)
+        if key not in trained:
+            run_dir = out / recipe
+            sets = [x for o in overrides for x in ("--set", o)]
+            resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+            summary = metakit(
+                "train", recipe, "--out", str(run_dir), "--no-progress", *sets,
+                *(["--resume"] if resume else []),
+            )  # fmt: skip
+            trained[key] = (run_dir, {**summary, "trained_by": recipe})
+        run_dir, summary = trained[key]
+        config = load_config(recipe, overrides).eval
+        for extra in [[], *(extra_eval or [])]:
+            start = time.perf_counter()
+            result = metakit(
+                "eval", str(run_dir), "--json", "--no-progress", "--split", config.split,
+                "--ways", str(config.ways), "--shots", str(config.shots),
+                "--queries", str(config.queries), "--episodes", str(episodes), *extra,
+            )  # fmt: skip
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "method": result.get("method", result.get("algorithm")),
+                    **({"norm": result["norm"]} if "norm" in result else {}),
+                    "accuracy": result["accuracy"],
+                    "ci95": result["ci95"],
+                    "published": published.get(recipe) if not extra else None,
+                    "protocol": {
+                        k: result[k]
+                        for k in ("split", "ways", "shots", "queries", "episodes", "seed")
+                    },
+                    "checkpoint": config.checkpoint,
+                    "eval_seconds": round(time.perf_counter() - start, 1),
+                    "train": summary,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows

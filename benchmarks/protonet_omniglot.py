@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from common import hardware, metakit, write_results
-from metakit.config import load_config
+from common import hardware, train_and_evaluate, write_results
 
 PUBLISHED = {  # Snell et al. 2017, Table 1 (Omniglot, Vinyals split), accuracy in %
     "protonet-omniglot-5w1s": 98.8,
@@ -28,12 +26,6 @@ PUBLISHED = {  # Snell et al. 2017, Table 1 (Omniglot, Vinyals split), accuracy 
     "protonet-omniglot-20w1s": 96.0,
     "protonet-omniglot-20w5s": 98.9,
 }
-
-
-def training_key(recipe: str, overrides: list[str]) -> str:
-    d = load_config(recipe, overrides).to_dict()
-    d.pop("eval"), d.pop("name"), d.pop("description")
-    return json.dumps(d, sort_keys=True)
 
 
 def main() -> None:
@@ -49,59 +41,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per recipe")
     args = parser.parse_args()
 
-    recipes = args.recipes.split(",")
-    trained: dict[str, tuple[Path, dict]] = {}
-    rows = []
-    for recipe in recipes:
-        key = training_key(recipe, args.overrides)
-        if key not in trained:
-            run_dir = args.out / recipe
-            sets = [x for o in args.overrides for x in ("--set", o)]
-            resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-            summary = metakit(
-                "train",
-                recipe,
-                "--out",
-                str(run_dir),
-                "--no-progress",
-                *sets,
-                *(["--resume"] if resume else []),
-            )
-            trained[key] = (run_dir, {**summary, "trained_by": recipe})
-        run_dir, summary = trained[key]
-        config = load_config(recipe, args.overrides).eval
-        start = time.perf_counter()
-        result = metakit(
-            "eval",
-            str(run_dir),
-            "--json",
-            "--no-progress",
-            "--split",
-            config.split,
-            "--ways",
-            str(config.ways),
-            "--shots",
-            str(config.shots),
-            "--queries",
-            str(config.queries),
-            "--episodes",
-            str(args.episodes),
-        )
-        rows.append(
-            {
-                "recipe": recipe,
-                "accuracy": result["accuracy"],
-                "ci95": result["ci95"],
-                "published": PUBLISHED.get(recipe),
-                "protocol": {
-                    k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")
-                },
-                "checkpoint": config.checkpoint,
-                "eval_seconds": round(time.perf_counter() - start, 1),
-                "train": summary,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    rows = train_and_evaluate(
+        args.recipes.split(","), args.out, args.overrides, args.episodes, PUBLISHED
+    )
 
     results = {
         "benchmark": "protonet_omniglot",

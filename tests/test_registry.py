@@ -64,7 +64,9 @@ def test_algorithm_interface(name, task):
         backbone = create_backbone("mlp", in_features=1, hidden=[8, 8])
         sampler = SinusoidSampler(shots=5, queries=4, seed=0)
     else:
-        backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2)
+        # relation compares feature maps, so its backbone keeps the 8x8 map (no pooling)
+        pool = {"pool": 0} if name == "relation" else {}
+        backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2, **pool)
         sampler = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=8), 3, 2, 2, seed=0)
     algo = ALGORITHMS.build(name, backbone=backbone, **options)
     loss, metrics = algo.meta_loss(sampler.batch(0, 2))

@@ -77,6 +77,16 @@ def eval_(
         list[str] | None,
         typer.Option("--set", "-s", help="Test-time override, e.g. algorithm.test_inner_lr=0.02."),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="How to classify: the run's own algorithm (default), or nearest-centroid on "
+            "its backbone features (SimpleShot)."
+        ),
+    ] = None,
+    norm: Annotated[
+        str, typer.Option(help="nearest-centroid features: l2, cl2n (centred on train), none.")
+    ] = "l2",
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -88,11 +98,28 @@ def eval_(
     if checkpoint is None:
         checkpoint = read_run_config(run_dir).eval.checkpoint
     config, algorithm, _, meta = load_run(run_dir, checkpoint, "cpu", list(set_ or []))
+    own = config.algorithm.get("name")
+    if method not in (None, own, "nearest-centroid"):
+        fail(f"--method must be nearest-centroid (or {own!r}, the run's own), got {method!r}")
     dev = resolve_device(device)
     algorithm.to(dev)
     e = config.eval
     split = split or e.split
-    sampler = build_dataset(config).sampler(
+    dataset = build_dataset(config)
+    if method == "nearest-centroid":
+        if meta.get("task", "classification") != "classification":
+            fail("--method nearest-centroid classifies; this run is a regression run")
+        from metakit.algorithms.nearest_centroid import NORMS, NearestCentroid, mean_feature
+
+        if norm not in NORMS:
+            fail(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        center = (
+            mean_feature(algorithm.backbone, dataset.split(config.train.split), seed=config.seed)
+            if norm == "cl2n"
+            else None
+        )
+        algorithm = NearestCentroid(algorithm.backbone, norm=norm, center=center).to(dev).eval()
+    sampler = dataset.sampler(
         split,
         ways or e.ways,
         shots or e.shots,
@@ -112,7 +139,9 @@ def eval_(
         result = evaluate(algorithm, sampler, **common)
     out = {
         **result.to_dict(),
-        "algorithm": config.algorithm.get("name"),
+        "algorithm": own,
+        "method": method or own,
+        **({"norm": norm} if method == "nearest-centroid" else {}),
         "bn": config.algorithm.get("bn", "transductive") if algorithm.needs_grad_to_adapt else None,
         "checkpoint": checkpoint,
         "step": meta["step"],

@@ -82,7 +82,7 @@ class Learner:
         """Class probabilities `[N, len(classes_)]`, columns in the order of `classes_`."""
         if self.regression:
             raise MetakitError("a regression learner has no class probabilities; use predict")
-        return self._outputs(x).softmax(-1)
+        return self.algorithm.probabilities(self._outputs(x))
 
     def predict(self, x: ImageInput) -> torch.Tensor | list[Hashable]:
         """Predicted labels: a tensor when the fitted labels were ints, else a list; for a

@@ -2,13 +2,20 @@
 
 from metakit.algorithms.base import Algorithm
 from metakit.algorithms.maml import MAML, MetaSGD
+from metakit.algorithms.matching import MatchingNet
+from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.pretrained import Pretrained
 from metakit.algorithms.protonet import ProtoNet
+from metakit.algorithms.relation import RelationNet
 from metakit.algorithms.reptile import Reptile
+from metakit.algorithms.siamese import Siamese
 from metakit.registry import Registry
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 ALGORITHMS.register("protonet")(ProtoNet)
+ALGORITHMS.register("matching")(MatchingNet)
+ALGORITHMS.register("relation")(RelationNet)
+ALGORITHMS.register("siamese")(Siamese)
 ALGORITHMS.register("maml")(MAML)
 ALGORITHMS.register("metasgd")(MetaSGD)
 ALGORITHMS.register("reptile")(Reptile)
@@ -23,9 +30,13 @@ __all__ = [
     "ALGORITHMS",
     "MAML",
     "Algorithm",
+    "MatchingNet",
     "MetaSGD",
+    "NearestCentroid",
     "Pretrained",
     "ProtoNet",
+    "RelationNet",
     "Reptile",
+    "Siamese",
     "list_algorithms",
 ]

@@ -50,6 +50,11 @@ class Algorithm(nn.Module):
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), "accuracy": torch.stack(accs).mean().item()}
 
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from the output of `logits` (softmax unless a method scores
+        classes on another scale, such as relation scores in [0, 1])."""
+        return scores.softmax(-1)
+
     def inference(self) -> contextlib.AbstractContextManager[Any]:
         """The autograd mode for evaluation: no graph unless adaptation itself needs gradients."""
         return torch.enable_grad() if self.needs_grad_to_adapt else torch.inference_mode()

@@ -19,21 +19,29 @@ class Backbone(nn.Module):
         out_dim: int,
         num_classes: int = 0,
         channels_last: bool = False,
+        feature_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.features = nn.Sequential(*blocks)
         self.out_dim = out_dim
+        #: shape of one example's output of `features` before flattening, e.g. (64, 7, 7);
+        #: methods that compare feature maps (Relation Networks) need it.
+        self.feature_shape = feature_shape if feature_shape is not None else (out_dim,)
         self.head: nn.Module = nn.Linear(out_dim, num_classes) if num_classes else nn.Identity()
         # NHWC convolutions are 1.2-1.6x faster for Conv-4 on CPU (measured, oneDNN).
         self.channels_last = channels_last
         if channels_last:
             self.features.to(memory_format=torch.channels_last)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature vector `[N, out_dim]` (before the head)."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the blocks, `[N, *feature_shape]`, before flattening."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.features(x).flatten(1)
+        return self.features(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature vector `[N, out_dim]` (before the head)."""
+        return self.feature_map(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))

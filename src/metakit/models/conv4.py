@@ -13,13 +13,15 @@ from metakit.errors import ConfigError
 from metakit.models.backbone import Backbone
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
+def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
-        nn.MaxPool2d(2),
-        nn.ReLU(inplace=True),
-    )
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 def conv4(
@@ -29,13 +31,28 @@ def conv4(
     depth: int = 4,
     num_classes: int = 0,
     channels_last: bool = True,
+    pool: int | None = None,
 ) -> Backbone:
-    """Embedding of size `hidden * (image_size // 2**depth)**2` (64 for 28x28 Omniglot)."""
-    if depth < 1 or image_size < 2**depth:
-        raise ConfigError(f"image_size {image_size} is too small for {depth} pooling blocks")
-    blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(depth)]
+    """Embedding of size `hidden * (image_size // 2**pool)**2` (64 for 28x28 Omniglot).
+
+    `pool` is how many of the blocks, from the first, max-pool (default: all). Relation Networks
+    use `pool: 2`, keeping a 7x7 feature map for their relation module to compare.
+    """
+    pool = depth if pool is None else pool
+    if not 0 <= pool <= depth:
+        raise ConfigError(f"conv4 pool must be between 0 and depth={depth}, got {pool}")
+    if depth < 1 or image_size < 2**pool:
+        raise ConfigError(f"image_size {image_size} is too small for {pool} pooling blocks")
+    blocks = [
+        conv_block(in_channels if i == 0 else hidden, hidden, pool=i < pool) for i in range(depth)
+    ]
     spatial = image_size
-    for _ in range(depth):
+    for _ in range(pool):
         spatial //= 2
-    out_dim = hidden * spatial * spatial
-    return Backbone(blocks, out_dim, num_classes=num_classes, channels_last=channels_last)
+    return Backbone(
+        blocks,
+        hidden * spatial * spatial,
+        num_classes=num_classes,
+        channels_last=channels_last,
+        feature_shape=(hidden, spatial, spatial),
+    )

@@ -1,0 +1,84 @@
+"""Siamese Networks (Koch et al. 2015): learn verification ("same class?"), then classify by it.
+
+Twin embeddings with shared weights are compared by a weighted L1 distance: an MLP on
+`|f(a) - f(b)|` whose first layer weighs each component, ending in a sigmoid that gives
+P(same class). Training uses balanced same/different pairs drawn from each training episode's
+examples with binary cross-entropy. An N-way K-shot query takes the class whose support
+examples have the highest mean same-class probability.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metakit.algorithms.base import Algorithm
+from metakit.data.augment import random_affine
+from metakit.data.episode import Episode
+from metakit.data.pairs import balanced_pairs
+from metakit.errors import ConfigError, DataError
+from metakit.models.backbone import Backbone
+
+
+class Siamese(Algorithm):
+    """`hidden: 0` is the paper's head (one weighted L1 layer → sigmoid); `hidden > 0` adds a
+    hidden ReLU layer. `augment: true` applies Koch et al.'s affine distortions in training."""
+
+    name = "siamese"
+
+    def __init__(self, backbone: Backbone, hidden: int = 0, augment: bool = False) -> None:
+        super().__init__(backbone)
+        if hidden < 0:
+            raise ConfigError(f"siamese hidden must be 0 (no hidden layer) or more, got {hidden}")
+        dim = backbone.out_dim
+        layers: list[nn.Module] = (
+            [nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1)]
+            if hidden
+            else [nn.Linear(dim, 1)]
+        )
+        self.head = nn.Sequential(*layers)
+        self.augment = augment
+
+    def same_logit(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logit of P(same class) for embedding pairs `a[i], b[i]` (broadcasting)."""
+        return self.head((a - b).abs()).squeeze(-1)
+
+    def adapt(
+        self, support_x: torch.Tensor, support_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if support_x.shape[0] == 0:
+            raise DataError(
+                "siamese compares queries with support examples, so it needs at least one "
+                "support example per class (shots >= 1)"
+            )
+        return self.backbone.embed(support_x), support_y
+
+    def logits(
+        self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean same-class probability `[Q, ways]` of each query with each class's examples."""
+        support, support_y = state
+        return self.score(self.backbone.embed(query_x), support, support_y)
+
+    def score(
+        self, queries: torch.Tensor, support: torch.Tensor, support_y: torch.Tensor
+    ) -> torch.Tensor:
+        p_same = torch.sigmoid(self.same_logit(queries.unsqueeze(1), support.unsqueeze(0)))
+        ways = int(support_y.max()) + 1
+        onehot = F.one_hot(support_y, ways).to(p_same.dtype)  # [S, ways]
+        return (p_same @ onehot) / onehot.sum(0).clamp_min(1)
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def task_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([episode.support_x, episode.query_x])
+        y = torch.cat([episode.support_y, episode.query_y])
+        if self.augment and self.training:
+            x = random_affine(x)
+        z = self.backbone.embed(x)
+        first, second, same = balanced_pairs(y)
+        logit = self.same_logit(z[first], z[second])
+        accuracy = ((logit > 0).to(same.dtype) == same).float().mean()  # pair verification
+        return F.binary_cross_entropy_with_logits(logit, same.to(logit.dtype)), accuracy

@@ -1,0 +1,221 @@
+"""Matching, Relation and Siamese networks, nearest-centroid evaluation, and their pieces."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import metakit
+from metakit.algorithms import ALGORITHMS
+from metakit.algorithms.matching import MatchingNet
+from metakit.algorithms.nearest_centroid import NearestCentroid
+from metakit.algorithms.protonet import ProtoNet
+from metakit.algorithms.relation import RelationNet
+from metakit.algorithms.siamese import Siamese
+from metakit.cli import app
+from metakit.config import Config
+from metakit.data import TaskSampler
+from metakit.data.augment import random_affine
+from metakit.data.pairs import balanced_pairs
+from metakit.engine.build import build_algorithm
+from metakit.engine.evaluate import evaluate
+from metakit.engine.trainer import train
+from metakit.errors import ConfigError, DataError
+from metakit.models import create_backbone
+from metakit.models.backbone import Backbone
+from tests.conftest import needs_omniglot, synthetic_dataset, tiny_config
+
+METRIC = ["protonet", "matching", "relation", "siamese"]
+
+
+def identity_backbone(dim: int) -> Backbone:
+    return Backbone([nn.Identity()], out_dim=dim)
+
+
+def test_matching_attention_equals_hand_computation():
+    algo = MatchingNet(identity_backbone(2), scale=1.0, learn_scale=False)
+    support = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    support_y = torch.tensor([0, 1, 1])
+    query = torch.tensor([[2.0, 1.0]])
+    log_p = algo.logits(algo.adapt(support, support_y), query)
+    # cosines of (2,1) with (1,0), (0,1), (1,1): 2/sqrt5, 1/sqrt5, 3/sqrt10
+    cos = [2 / math.sqrt(5), 1 / math.sqrt(5), 3 / math.sqrt(10)]
+    e = [math.exp(c) for c in cos]
+    expected = [e[0] / sum(e), (e[1] + e[2]) / sum(e)]
+    assert torch.allclose(log_p.exp(), torch.tensor([expected]), atol=1e-6)
+
+
+def test_matching_fce_is_a_distribution_and_uses_the_support_context():
+    torch.manual_seed(0)
+    algo = MatchingNet(identity_backbone(4), fce=True, read_steps=3)
+    support, support_y = torch.randn(6, 4), torch.arange(3).repeat_interleave(2)
+    query = torch.randn(5, 4)
+    log_p = algo.logits(algo.adapt(support, support_y), query)
+    assert log_p.shape == (5, 3)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(5), atol=1e-5)
+    # with full context embeddings, a support example's embedding depends on the others
+    g = algo.contextual_support(support)
+    g_changed = algo.contextual_support(torch.cat([support[:5], torch.randn(1, 4)]))
+    assert not torch.allclose(g[0], g_changed[0])
+    plain = MatchingNet(identity_backbone(4)).contextual_support(support)
+    assert torch.equal(plain, support)
+
+
+def test_relation_scores_shape_range_and_split_convolution():
+    torch.manual_seed(0)
+    algo = RelationNet(create_backbone("conv4", image_size=28, hidden=8, pool=2)).double()
+    sampler = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=28), 4, 2, 3, seed=0)
+    ep = sampler.sample(0)
+    support_x, query_x = ep.support_x.double(), ep.query_x.double()
+    algo.eval()
+    classes = algo.adapt(support_x, ep.support_y)
+    assert classes.shape == (4, 8, 7, 7)  # K=2 support maps summed per class
+    scores = algo.logits(classes, query_x)
+    assert scores.shape == (12, 4)
+    assert bool(((scores >= 0) & (scores <= 1)).all())
+    # the split first convolution equals the paper's concatenated pairs
+    queries = algo.backbone.feature_map(query_x)
+    pairs = torch.cat(
+        [
+            classes.unsqueeze(0).expand(12, -1, -1, -1, -1),
+            queries.unsqueeze(1).expand(-1, 4, -1, -1, -1),
+        ],
+        dim=2,
+    ).flatten(0, 1)
+    assert torch.allclose(algo.relation(pairs).view(12, 4), scores, atol=1e-10)
+    probs = algo.probabilities(scores)
+    assert torch.allclose(probs.sum(-1), torch.ones(12, dtype=probs.dtype))
+
+
+def test_relation_refuses_a_backbone_without_a_feature_map():
+    with pytest.raises(ConfigError, match="pool: 2"):
+        RelationNet(create_backbone("conv4", image_size=28))
+
+
+def test_balanced_pairs():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
+    for seed in range(5):
+        first, second, same = balanced_pairs(labels, torch.Generator().manual_seed(seed))
+        assert same.sum() == len(same) / 2  # exactly balanced
+        matches = labels[first] == labels[second]
+        assert torch.equal(matches, same.bool())  # "different" never pairs a class with itself
+        assert bool((first != second).all())  # "same" pairs are two distinct examples
+        assert torch.equal(first, torch.cat([torch.arange(10), torch.arange(10)]))
+
+
+def test_balanced_pairs_need_two_examples_per_class():
+    with pytest.raises(DataError, match="at least two examples"):
+        balanced_pairs(torch.tensor([0, 0, 1]))
+
+
+def test_siamese_scores_are_class_mean_probabilities():
+    torch.manual_seed(0)
+    algo = Siamese(identity_backbone(3))
+    support, support_y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    query = torch.randn(2, 3)
+    scores = algo.logits(algo.adapt(support, support_y), query)
+    p = torch.sigmoid(algo.same_logit(query[:, None], support[None]))
+    expected = torch.stack([p[:, :2].mean(1), p[:, 2:].mean(1)], 1)
+    assert torch.allclose(scores, expected)
+    # symmetric in the pair, as twin networks must be
+    assert torch.allclose(
+        algo.same_logit(query[0], support[1]), algo.same_logit(support[1], query[0])
+    )
+
+
+def test_siamese_zero_shots_and_fce_elsewhere_are_clear_errors():
+    algo = Siamese(identity_backbone(3))
+    with pytest.raises(DataError, match="shots >= 1"):
+        algo.adapt(torch.empty(0, 3), torch.empty(0, dtype=torch.long))
+    for name in ("protonet", "siamese", "relation"):
+        with pytest.raises(ConfigError, match="fce"):
+            ALGORITHMS.build(name, backbone=identity_backbone(3), fce=True)
+
+
+def test_random_affine():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.allclose(random_affine(x, p=0.0), x, atol=1e-5)  # no component: identity
+    y = random_affine(x, p=1.0)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(random_affine(x, generator=g), random_affine(x, generator=g.manual_seed(1)))
+
+
+def test_nearest_centroid_without_norm_equals_protonet():
+    torch.manual_seed(0)
+    backbone = create_backbone("conv4", image_size=28, hidden=8)
+    ep = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=28), 3, 2, 2, seed=0).sample(1)
+    proto, nc = ProtoNet(backbone).eval(), NearestCentroid(backbone, norm="none").eval()
+    with torch.inference_mode():
+        a = proto.logits(proto.adapt(ep.support_x, ep.support_y), ep.query_x)
+        b = nc.logits(nc.adapt(ep.support_x, ep.support_y), ep.query_x)
+        center = torch.randn(backbone.out_dim)
+        cl2n = NearestCentroid(backbone, norm="cl2n", center=center).eval()
+        z = cl2n.features(ep.query_x)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(len(z)), atol=1e-5)
+    assert torch.allclose(z, F.normalize(backbone.embed(ep.query_x) - center, dim=-1), atol=1e-5)
+    with pytest.raises(ConfigError, match="center"):
+        NearestCentroid(backbone, norm="cl2n")
+
+
+def metric_config(name: str, episodes: int, **train: object) -> Config:
+    algorithm = {"protonet": {}, "matching": {}, "relation": {}, "siamese": {}}[name]
+    config = tiny_config(episodes=episodes, **train)
+    config.algorithm = {"name": name, **algorithm}
+    config.backbone = {"name": "conv4", "hidden": 32, **({"pool": 2} if name == "relation" else {})}
+    return config.validate()
+
+
+@needs_omniglot
+@pytest.mark.parametrize("name", METRIC)
+def test_checkpoint_round_trip(name, tmp_path, omniglot):
+    config = metric_config(name, episodes=2, val_every=2)
+    train(config, tmp_path, progress=False)
+    ep = TaskSampler(omniglot.split("test"), 5, 2, 3, seed=4).sample(0)
+    learner = metakit.load(tmp_path, checkpoint="last")
+    learner.fit(ep.support_x, ep.support_y)
+    first = learner.predict_proba(ep.query_x)
+    again = metakit.load(tmp_path, checkpoint="last").fit(ep.support_x, ep.support_y)
+    assert torch.equal(first, again.predict_proba(ep.query_x))
+    assert torch.allclose(first.sum(-1), torch.ones(15), atol=1e-5)
+    assert torch.equal(learner.predict(ep.query_x), first.argmax(-1))
+
+
+@needs_omniglot
+@pytest.mark.parametrize("name", ["matching", "relation", "siamese"])
+def test_metric_method_learns_omniglot(name, tmp_path, omniglot):
+    """A few hundred episodes on real Omniglot: far above the 20% chance of 5-way."""
+    ways = 20 if name != "relation" else 10
+    config = metric_config(
+        name, episodes=200, ways=ways, queries=4, val_every=200, val_episodes=20, lr_step=1000
+    )
+    train(config, tmp_path, progress=False)
+    learner = metakit.load(tmp_path, checkpoint="last")
+    result = evaluate(learner.algorithm, omniglot.sampler("test", 5, 1, 15, seed=0), episodes=100)
+    untrained = build_algorithm(config, omniglot.inputs)
+    baseline = evaluate(untrained, omniglot.sampler("test", 5, 1, 15, seed=0), episodes=100)
+    assert result.accuracy >= 0.70, result.summary()
+    assert result.accuracy > baseline.accuracy + 0.1
+
+
+@needs_omniglot
+def test_eval_nearest_centroid_cli(tmp_path):
+    train(metric_config("siamese", episodes=2, val_every=2), tmp_path, progress=False)
+    runner = CliRunner()
+    args = ["eval", str(tmp_path), "--episodes", "5", "--json", "--device", "cpu"]
+    for norm in ("l2", "cl2n"):
+        out = runner.invoke(app, [*args, "--method", "nearest-centroid", "--norm", norm])
+        assert out.exit_code == 0, out.output
+        row = json.loads(out.output)
+        assert row["method"] == "nearest-centroid" and row["norm"] == norm
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["episodes"] == 5
+    plain = json.loads(runner.invoke(app, args).output)
+    assert plain["method"] == "siamese"
+    bad = runner.invoke(app, [*args, "--method", "knn"])
+    assert bad.exit_code != 0 and "nearest-centroid" in bad.output
