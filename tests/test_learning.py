@@ -1,7 +1,5 @@
 """Real learning on real Omniglot: a short run must clearly learn (not a timing benchmark)."""
 
-import time
-
 from metakit.config import Config
 from metakit.engine.build import build_algorithm
 from metakit.engine.evaluate import evaluate
@@ -29,14 +27,11 @@ def test_protonet_learns_omniglot_in_300_episodes(tmp_path, omniglot):
             },
         }
     )
-    start = time.perf_counter()
     train(config, tmp_path, progress=False)
-    seconds = time.perf_counter() - start
     learner = load(tmp_path, checkpoint="last")
     test_episodes = omniglot.sampler("test", 5, 1, 15, seed=0)
     result = evaluate(learner.algorithm, test_episodes, episodes=200)
     assert result.accuracy >= 0.85, result.summary()
-    assert seconds < 60, f"300 episodes took {seconds:.0f}s"
     # an untrained network of the same shape is far worse: the run really learned
     untrained = build_algorithm(config, omniglot.inputs)
     baseline = evaluate(untrained, test_episodes, episodes=200)

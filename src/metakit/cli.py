@@ -207,14 +207,20 @@ def recipes() -> None:
         typer.echo(f"{name:32s} {doc}")
 
 
-def dataset_module(name: str):  # type: ignore[no-untyped-def]
-    """The module of a registered dataset; each offers `info()` and `fetch()`."""
+def dataset_functions(name: str):  # type: ignore[no-untyped-def]
+    """`info` and `fetch` of a registered dataset's module (one module may serve several
+    datasets, e.g. mnist and fashion-mnist; it lists them in DATASET_NAMES)."""
+    import functools
     import importlib
 
     from metakit.data import DATASETS
 
     DATASETS.get(name)  # unknown names get the list of available ones
-    return importlib.import_module(f"metakit.data.{name.replace('-', '_')}")
+    module_name = {"fashion-mnist": "mnist"}.get(name, name.replace("-", "_"))
+    module = importlib.import_module(f"metakit.data.{module_name}")
+    if name in getattr(module, "DATASET_NAMES", ()):
+        return functools.partial(module.info, name=name), functools.partial(module.fetch, name=name)
+    return module.info, module.fetch
 
 
 @data_app.command("info")
@@ -222,7 +228,8 @@ def data_info(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omnig
     """Check a local dataset's structure, decode it once, and report what it holds."""
     from metakit.data.store import cache_dir, data_root
 
-    info = dataset_module(name).info(download=False)
+    info_fn, _ = dataset_functions(name)
+    info = info_fn(download=False)
     info.update(data_root=str(data_root()), cache=str(cache_dir()))
     typer.echo(json.dumps(info, indent=2))
 
@@ -230,9 +237,9 @@ def data_info(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omnig
 @data_app.command("fetch")
 def data_fetch(name: Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]) -> None:
     """Download what is missing (checksum-verified) into the data root and decode it once."""
-    module = dataset_module(name)
-    module.fetch()
-    typer.echo(json.dumps(module.info(download=False), indent=2))
+    info_fn, fetch_fn = dataset_functions(name)
+    fetch_fn()
+    typer.echo(json.dumps(info_fn(download=False), indent=2))
 
 
 def main() -> None:

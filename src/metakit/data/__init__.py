@@ -17,6 +17,20 @@ def _omniglot(**kwargs):  # type: ignore[no-untyped-def]
     return omniglot(**kwargs)
 
 
+@DATASETS.register("mnist")
+def _mnist(image_size: int = 28, download: bool = True):  # type: ignore[no-untyped-def]
+    from metakit.data.mnist import idx_dataset
+
+    return idx_dataset("mnist", image_size, download)
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(image_size: int = 28, download: bool = True):  # type: ignore[no-untyped-def]
+    from metakit.data.mnist import idx_dataset
+
+    return idx_dataset("fashion-mnist", image_size, download)
+
+
 @DATASETS.register("sinusoid")
 def _sinusoid():  # type: ignore[no-untyped-def]
     from metakit.data.sinusoid import sinusoid

@@ -1,0 +1,55 @@
+"""CLINC150 and FewRel loaders, checked against the counts of the shared copies."""
+
+import pytest
+import torch
+
+from metakit.data.store import data_root
+from metakit.data.text import clinc150, clinc150_intents, fewrel, mark_entities
+from metakit.errors import DataError
+
+needs_clinc = pytest.mark.skipif(
+    not (data_root() / "clinc150" / "data_full.json").exists(), reason="CLINC150 not present"
+)
+needs_fewrel = pytest.mark.skipif(
+    not (data_root() / "fewrel" / "val_wiki.json").exists(), reason="FewRel not present"
+)
+
+
+@needs_clinc
+def test_clinc150_counts_and_seeded_class_split():
+    full = clinc150_intents(download=False)
+    assert len(full.class_names) == 150 and len(full.texts) == 22500
+    assert full.counts.tolist() == [150] * 150
+    splits = clinc150(seed=0, download=False)
+    sizes = {k: len(v.class_names) for k, v in splits.items()}
+    assert sizes == {"train": 80, "val": 20, "test": 50}
+    names = [set(v.class_names) for v in splits.values()]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    assert splits["test"].counts.tolist() == [150] * 50
+    again = clinc150(seed=0, download=False)
+    assert again["test"].class_names == splits["test"].class_names
+    assert clinc150(seed=1, download=False)["test"].class_names != splits["test"].class_names
+    with pytest.raises(DataError, match="sum to 150"):
+        clinc150(sizes=(100, 20, 20), download=False)
+
+
+@needs_fewrel
+@pytest.mark.parametrize(
+    ("domain", "relations", "instances"),
+    [("wiki", 16, 11200), ("pubmed", 10, 1000), ("nyt", 25, 2500), ("semeval", 17, 8851)],
+)
+def test_fewrel_counts(domain, relations, instances):
+    data = fewrel(domain, download=False)
+    assert len(data.class_names) == relations and len(data.texts) == instances
+    if domain == "wiki":
+        assert data.counts.tolist() == [700] * 16
+        assert all("[E1]" in t and "[/E2]" in t for t in data.texts[:50])
+    assert int(data.labels.max()) == relations - 1 and data.labels.dtype == torch.int64
+
+
+def test_mark_entities():
+    tokens = ["Paris", "is", "the", "capital", "of", "France", "."]
+    assert (
+        mark_entities(tokens, [0], [5]) == "[E1] Paris [/E1] is the capital of [E2] France [/E2] ."
+    )
+    assert mark_entities(["a", "b", "c"], [1, 2], [0]) == "[E2] a [/E2] [E1] b c [/E1]"
