@@ -58,7 +58,10 @@ def test_algorithm_interface(name, task):
     from metakit.data.sinusoid import SinusoidSampler
 
     torch.manual_seed(0)
-    options = {"ways": 3} if "ways" in signature_of(ALGORITHMS.get(name))[0] else {}
+    accepted = signature_of(ALGORITHMS.get(name))[0]
+    options = {"ways": 3} if "ways" in accepted else {}
+    if "num_classes" in accepted:  # supervised pretraining: a classifier over all classes
+        options["num_classes"] = 6
     if task == "regression":
         options = {"task": "regression"}
         backbone = create_backbone("mlp", in_features=1, hidden=[8, 8])

@@ -155,6 +155,71 @@ def eval_(
 
 
 @app.command()
+def transfer(
+    source: Annotated[
+        Path, typer.Option("--from", help="A trained run whose backbone is the source model.")
+    ],
+    target: Annotated[str, typer.Option(help="Target dataset, e.g. mnist or fashion-mnist.")],
+    mode: Annotated[
+        str, typer.Option(help="extract (frozen features), finetune, or scratch (no transfer).")
+    ] = "extract",
+    freeze: Annotated[int, typer.Option(help="finetune: number of bottom blocks kept frozen.")] = 0,
+    head: Annotated[str, typer.Option(help="New head: linear, cosine, or centroid.")] = "linear",
+    steps: Annotated[
+        int, typer.Option(help="Gradient steps fitting the head / fine-tuning.")
+    ] = 100,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default 0.1 extract, 1e-3 otherwise).")
+    ] = None,
+    decay: Annotated[
+        float, typer.Option(help="finetune: lr factor per block below the head.")
+    ] = 1.0,
+    split: Annotated[str | None, typer.Option(help="Target split (default: test).")] = None,
+    ways: Annotated[int, typer.Option(help="N classes per episode.")] = 10,
+    shots: Annotated[int, typer.Option(help="K labelled target examples per class.")] = 5,
+    queries: Annotated[int, typer.Option(help="Query examples per class.")] = 15,
+    episodes: Annotated[int, typer.Option(help="Number of target episodes.")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes and fresh weights.")] = 0,
+    checkpoint: Annotated[str, typer.Option(help="Source checkpoint: best or last.")] = "best",
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Transfer a trained backbone to few-shot tasks of another dataset and report accuracy."""
+    from metakit.transfer.evaluate import evaluate_transfer
+
+    result = evaluate_transfer(
+        source,
+        target,
+        mode=mode,
+        split=split,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        episodes=episodes,
+        seed=seed,
+        checkpoint=checkpoint,
+        device=device,
+        progress=progress and not json_,
+        head=head,
+        freeze=freeze,
+        steps=steps,
+        lr=lr,
+        decay=decay,
+    )
+    out = {
+        **result.to_dict(),
+        "source": str(source),
+        "target": target,
+        "mode": mode,
+        "head": head,
+        "freeze": freeze,
+        "steps": steps,
+    }
+    typer.echo(json.dumps(out) if json_ else result.summary())
+
+
+@app.command()
 def report(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Regression runs to compare (e.g. MAML and pretrained).")

@@ -28,6 +28,7 @@ class TrainConfig:
     queries: int = 5
     episodes: int = 5000  # optimizer steps; each sees `meta_batch` episodes
     meta_batch: int = 1
+    batch_size: int = 128  # minibatch of supervised algorithms (baseline); not for episodes
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only; Reptile's outer step uses plain SGD (momentum 0)
@@ -86,6 +87,7 @@ class Config:
             ),
             (t.episodes >= 0, "train.episodes must be >= 0"),
             (t.meta_batch >= 1, "train.meta_batch must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size must be >= 1"),
             (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
             (t.lr_step >= 1, "train.lr_step must be >= 1"),
             (0 < t.lr_gamma <= 1, "train.lr_gamma must lie in (0, 1]"),

@@ -1,6 +1,7 @@
 """Algorithm registry: each entry takes a `backbone` plus its own options."""
 
 from metakit.algorithms.base import Algorithm
+from metakit.algorithms.baseline import Baseline
 from metakit.algorithms.maml import MAML, MetaSGD
 from metakit.algorithms.matching import MatchingNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
@@ -20,6 +21,7 @@ ALGORITHMS.register("maml")(MAML)
 ALGORITHMS.register("metasgd")(MetaSGD)
 ALGORITHMS.register("reptile")(Reptile)
 ALGORITHMS.register("pretrained")(Pretrained)
+ALGORITHMS.register("baseline")(Baseline)
 
 
 def list_algorithms() -> list[str]:
@@ -30,6 +32,7 @@ __all__ = [
     "ALGORITHMS",
     "MAML",
     "Algorithm",
+    "Baseline",
     "MatchingNet",
     "MetaSGD",
     "NearestCentroid",

@@ -23,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from metakit import __version__
-from metakit.algorithms import Algorithm
+from metakit.algorithms import ALGORITHMS, Algorithm
 from metakit.config import Config, read_yaml, save_config
+from metakit.data.batches import BatchSampler
 from metakit.data.source import EpisodeSampler
 from metakit.engine.build import build_algorithm, build_dataset, resolve_device
 from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -136,7 +137,14 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     dataset = build_dataset(config)
-    sampler = dataset.sampler(t.split, t.ways, t.shots, t.queries, seed=config.seed)
+    sampler: EpisodeSampler | BatchSampler
+    if getattr(ALGORITHMS.get(config.algorithm["name"]), "supervised", False):
+        # supervised pretraining (baseline): labelled minibatches over all training classes
+        train_split = dataset.split(t.split)  # type: ignore[attr-defined]
+        config.algorithm.setdefault("num_classes", train_split.num_classes)
+        sampler = BatchSampler(train_split, t.batch_size, seed=config.seed)
+    else:
+        sampler = dataset.sampler(t.split, t.ways, t.shots, t.queries, seed=config.seed)
     # built now, so an impossible val setting fails before an hour of training, not after
     val_sampler = dataset.sampler(t.val_split, e.ways, e.shots, e.queries, seed=e.seed)
     algorithm = build_algorithm(config, dataset.inputs, dataset.task).to(device)
