@@ -111,7 +111,6 @@ def test_baseline_needs_its_class_count():
     with pytest.raises(ConfigError, match="num_classes"):
         Baseline(backbone)
     algo = Baseline(backbone, num_classes=4)
-    x, y = blobs(classes=3)
     loss, metrics = algo.meta_loss(BatchSampler(synthetic_dataset(4, 4, 8), 8).sample(0))
     assert torch.isfinite(loss) and 0 <= metrics["accuracy"] <= 1
     with pytest.raises(DataError, match="outside the 4 classes"):
