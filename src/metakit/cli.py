@@ -220,6 +220,68 @@ def transfer(
 
 
 @app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory.")],
+    support: Annotated[
+        Path, typer.Option(help="Folder with one sub-folder of labelled images per class.")
+    ],
+    query: Annotated[
+        list[Path], typer.Option(help="Image files or folders to classify (repeatable).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="CSV file to write (default: print the CSV).")
+    ] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="best or last.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto.")] = "cpu",
+) -> None:
+    """Classify new images with any trained run, adapting to a support folder: one CSV row
+    per query (path, label, probability). Unreadable files are reported and skipped."""
+    import csv
+    import io
+
+    import metakit
+    from metakit.data.folder import EXTENSIONS, read_folder
+    from metakit.engine.build import resolve_device
+
+    learner = metakit.load(run_dir, checkpoint, device=str(resolve_device(device)))
+    if learner.preprocess is None:
+        fail("predict classifies images; this run was not trained on images")
+    shots = read_folder(support, learner.preprocess)
+    learner.fit(shots.images, [shots.class_names[i] for i in shots.labels.tolist()])
+    files: list[Path] = []
+    for q in query:
+        if q.is_dir():
+            files += sorted(p for p in q.rglob("*") if p.suffix.lower() in EXTENSIONS)
+        else:
+            files.append(q)
+    if not files:
+        fail("no query images given (pass image files or folders with --query)")
+    decoded, kept = [], []
+    for path in files:
+        try:
+            decoded.append(learner.preprocess.load_uint8([path]))
+            kept.append(path)
+        except MetakitError as e:
+            typer.echo(f"warning: skipped a query: {e}", err=True)
+    if not kept:
+        fail("none of the query images could be read")
+    import torch
+
+    probs = learner.predict_proba(torch.cat(decoded))
+    best, index = probs.max(-1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["query", "label", "probability"])
+    for path, p, i in zip(kept, best.tolist(), index.tolist(), strict=True):
+        writer.writerow([str(path), learner.classes_[i], f"{p:.4f}"])
+    if out is None:
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        out.write_text(buffer.getvalue())
+        typer.echo(f"wrote {len(kept)} predictions to {out}", err=True)
+
+
+@app.command()
 def report(
     run_dirs: Annotated[
         list[Path], typer.Argument(help="Regression runs to compare (e.g. MAML and pretrained).")

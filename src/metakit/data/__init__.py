@@ -31,6 +31,20 @@ def _fashion_mnist(image_size: int = 28, download: bool = True):  # type: ignore
     return idx_dataset("fashion-mnist", image_size, download)
 
 
+@DATASETS.register("folder")
+def _folder(  # type: ignore[no-untyped-def]
+    root: str,
+    image_size: int = 28,
+    channels: int = 1,
+    invert: bool = False,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+):
+    from metakit.data.folder import folder
+
+    return folder(root, image_size, channels, invert, fractions, seed)
+
+
 @DATASETS.register("sinusoid")
 def _sinusoid():  # type: ignore[no-untyped-def]
     from metakit.data.sinusoid import sinusoid

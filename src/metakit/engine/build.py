@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_dataset(config: Config) -> TaskSource:
+    """The configured dataset. Options the dataset does not take are dropped with a warning,
+    so a recipe can be pointed at another dataset (`--set data.name=folder`) without editing
+    away its own data options (e.g. Omniglot's `split`)."""
     options = dict(config.data)
-    return DATASETS.build(options.pop("name"), **options)
+    name = options.pop("name")
+    accepted, _, var_kw = signature_of(DATASETS.get(name))
+    if not var_kw:
+        for key in [k for k in options if k not in accepted]:
+            warnings.warn(f"data.{key} does not apply to dataset {name!r}; ignored", stacklevel=2)
+            options.pop(key)
+    return DATASETS.build(name, **options)
 
 
 def build_algorithm(
