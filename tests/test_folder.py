@@ -59,7 +59,8 @@ def test_folder_class_split_is_seeded_and_disjoint(tmp_path):
     names = {s: a.split(s).class_names for s in ("train", "val", "test")}
     assert names == {s: b.split(s).class_names for s in ("train", "val", "test")}
     assert [len(v) for v in names.values()] == [6, 2, 2]
-    assert set(names["train"]).isdisjoint(names["test"]) and len({n for v in names.values() for n in v}) == 10
+    assert set(names["train"]).isdisjoint(names["test"])
+    assert len({n for v in names.values() for n in v}) == 10
     others = [folder(str(root), seed=s).split("test").class_names for s in range(2, 6)]
     assert any(o != names["test"] for o in others)
 
