@@ -239,6 +239,8 @@ def predict(
     import csv
     import io
 
+    import torch
+
     import metakit
     from metakit.data.folder import EXTENSIONS, read_folder
     from metakit.engine.build import resolve_device
@@ -265,8 +267,6 @@ def predict(
             typer.echo(f"warning: skipped a query: {e}", err=True)
     if not kept:
         fail("none of the query images could be read")
-    import torch
-
     probs = learner.predict_proba(torch.cat(decoded))
     best, index = probs.max(-1)
     buffer = io.StringIO()

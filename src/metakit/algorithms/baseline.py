@@ -18,8 +18,8 @@ from metakit.algorithms.base import Algorithm, accuracy
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError, DataError
 from metakit.models.backbone import Backbone
-from metakit.transfer.heads import fit_head, make_head
-from metakit.transfer.learner import Fitted, FrozenFeatures
+from metakit.transfer.heads import make_head
+from metakit.transfer.learner import Fitted, extract, fitted_logits
 
 
 class Baseline(Algorithm):
@@ -64,20 +64,10 @@ class Baseline(Algorithm):
         return loss, {"loss": loss.item(), "accuracy": accuracy(logits, y).item()}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Fitted:
-        with torch.no_grad():
-            z = self.backbone.embed(support_x)
-        ways = int(support_y.max()) + 1
-        head = fit_head(
-            z,
-            support_y,
-            ways,
-            self.head_kind,
-            self.finetune_steps,
-            self.finetune_lr,  # type: ignore[arg-type]
-            scale=self.scale,
-        )
-        return Fitted(FrozenFeatures(self.backbone, head))
+        return extract(
+            self.backbone, support_x, support_y, self.head_kind,  # type: ignore[arg-type]
+            self.finetune_steps, self.finetune_lr, self.scale,
+        )  # fmt: skip
 
     def logits(self, state: Fitted, query_x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return state.model(query_x)
+        return fitted_logits(state, query_x)

@@ -21,7 +21,7 @@ import torch
 
 from metakit.data.dataset import ClassDataset, SplitDataset
 from metakit.data.preprocess import Preprocess, open_image
-from metakit.data.store import cached_tensors
+from metakit.data.store import cached_tensors, fingerprint
 from metakit.errors import DataError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -155,9 +155,7 @@ def folder(
     prep = Preprocess(image_size=image_size, channels=channels, invert=invert)
     classes = list_classes(path)
     files = [p for ps in classes.values() for p in ps]
-    stamp = hashlib.sha256(
-        "|".join(f"{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files).encode()
-    ).hexdigest()[:16]
+    stamp = fingerprint(*files)
     key = "folder-" + hashlib.sha256(f"{path}|{prep}".encode()).hexdigest()[:12]
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

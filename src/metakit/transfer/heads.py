@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metakit.algorithms.protonet import prototypes, squared_euclidean
 from metakit.errors import ConfigError
 
 HeadKind = Literal["linear", "cosine", "centroid"]
@@ -35,7 +36,7 @@ class CentroidHead(nn.Module):
         self.register_buffer("centroids", centroids)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return -torch.cdist(F.normalize(z, dim=-1), self.centroids).pow(2)
+        return -squared_euclidean(F.normalize(z, dim=-1), self.centroids)
 
 
 def make_head(kind: HeadKind, in_dim: int, classes: int, scale: float = 10.0) -> nn.Module:
@@ -45,11 +46,6 @@ def make_head(kind: HeadKind, in_dim: int, classes: int, scale: float = 10.0) ->
     if kind == "cosine":
         return CosineClassifier(in_dim, classes, scale)
     raise ConfigError(f"head must be one of linear, cosine (trainable); got {kind!r}")
-
-
-def class_means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
-    sums = torch.zeros(ways, z.shape[-1], dtype=z.dtype, device=z.device).index_add_(0, y, z)
-    return sums / torch.bincount(y, minlength=ways).clamp(min=1).unsqueeze(-1).to(z.dtype)
 
 
 def fit_head(
@@ -71,14 +67,14 @@ def fit_head(
         raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {kind!r}")
     z = features.detach()
     if kind == "centroid":
-        return CentroidHead(class_means(F.normalize(z, dim=-1), labels, ways))
+        return CentroidHead(prototypes(F.normalize(z, dim=-1), labels, ways))
     head = make_head(kind, z.shape[-1], ways, scale).to(z.device)
     with torch.no_grad():
         if isinstance(head, nn.Linear):
             head.weight.zero_()
             head.bias.zero_()
         else:
-            head.weight.copy_(F.normalize(class_means(z, labels, ways), dim=-1))
+            head.weight.copy_(F.normalize(prototypes(z, labels, ways), dim=-1))
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(steps):

@@ -47,6 +47,27 @@ class FrozenFeatures(nn.Module):
         return self.head(z)
 
 
+def extract(
+    backbone: Backbone,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    head: HeadKind,
+    steps: int,
+    lr: float,
+    scale: float = 10.0,
+) -> Fitted:
+    """A new head fitted on the frozen features of support set `(x, y)`."""
+    with torch.no_grad():
+        z = backbone.embed(x)
+    fitted = fit_head(z, y, int(y.max()) + 1, head, steps, lr, scale=scale)
+    return Fitted(FrozenFeatures(backbone, fitted))
+
+
+def fitted_logits(state: Fitted, query_x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return state.model(query_x)
+
+
 class Transfer(Algorithm):
     """Adapts `backbone` to each support set by `mode`; `steps`/`lr` drive head fitting
     (extract) or fine-tuning (finetune, scratch); `decay` sets discriminative rates per block."""
@@ -83,10 +104,7 @@ class Transfer(Algorithm):
         ways = int(support_y.max()) + 1
         if self.mode == "extract":
             self.backbone.eval()
-            with torch.no_grad():
-                z = self.backbone.embed(support_x)
-            head = fit_head(z, support_y, ways, self.head_kind, self.steps, self.lr)
-            return Fitted(FrozenFeatures(self.backbone, head))
+            return extract(self.backbone, support_x, support_y, self.head_kind, self.steps, self.lr)
         backbone = self.backbone
         seed = stream_seed(self.seed, self._episode, "transfer")
         self._episode += 1
@@ -107,8 +125,7 @@ class Transfer(Algorithm):
         return Fitted(model)
 
     def logits(self, state: Fitted, query_x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return state.model(query_x)
+        return fitted_logits(state, query_x)
 
     def meta_loss(self, batch: object) -> tuple[torch.Tensor, dict[str, float]]:
         raise ConfigError(
