@@ -59,6 +59,23 @@ def training_key(recipe: str, overrides: list[str]) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def existing_run(out: Path, key: str, overrides: list[str]) -> Path | None:
+    """A run dir under `out` (named after its recipe) that trains the same model as `key`, so
+    that a later invocation reuses it instead of training a copy."""
+    from metakit.config import load_config
+    from metakit.errors import MetakitError
+
+    for run_dir in sorted(out.glob("*/checkpoints/last.safetensors")):
+        name = run_dir.parent.parent.name
+        try:
+            load_config(name, overrides)
+        except MetakitError:
+            continue  # not a recipe name (a hand-made run dir)
+        if training_key(name, overrides) == key:
+            return run_dir.parent.parent
+    return None
+
+
 def train_and_evaluate(
     recipes: list[str],
     out: Path,
@@ -77,7 +94,7 @@ def train_and_evaluate(
     for recipe in recipes:
         key = training_key(recipe, overrides)
         if key not in trained:
-            run_dir = out / recipe
+            run_dir = existing_run(out, key, overrides) or out / recipe
             sets = [x for o in overrides for x in ("--set", o)]
             resume = (run_dir / "checkpoints" / "last.safetensors").exists()
             summary = metakit(
