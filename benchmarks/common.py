@@ -101,7 +101,7 @@ def train_and_evaluate(
                 "train", recipe, "--out", str(run_dir), "--no-progress", *sets,
                 *(["--resume"] if resume else []),
             )  # fmt: skip
-            trained[key] = (run_dir, {**summary, "trained_by": recipe})
+            trained[key] = (run_dir, {**summary, "trained_by": run_dir.name})
         run_dir, summary = trained[key]
         config = load_config(recipe, overrides).eval
         for extra in [[], *(extra_eval or [])]:

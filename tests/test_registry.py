@@ -62,7 +62,13 @@ def test_algorithm_interface(name, task):
     options = {"ways": 3} if "ways" in accepted else {}
     if "num_classes" in accepted:  # supervised pretraining: a classifier over all classes
         options["num_classes"] = 6
-    if task == "regression":
+    if task == "zero-shot":  # one metadata vector per class in place of support examples
+        from metakit.data.metadata import MetadataSampler
+
+        data = synthetic_dataset(classes=6, per_class=6, size=8)
+        backbone = create_backbone("conv4", image_size=8, hidden=8, depth=2)
+        sampler = MetadataSampler(data, torch.randn(6, backbone.out_dim), 3, 2, seed=0)
+    elif task == "regression":
         options = {"task": "regression"}
         backbone = create_backbone("mlp", in_features=1, hidden=[8, 8])
         sampler = SinusoidSampler(shots=5, queries=4, seed=0)
@@ -74,7 +80,7 @@ def test_algorithm_interface(name, task):
     algo = ALGORITHMS.build(name, backbone=backbone, **options)
     loss, metrics = algo.meta_loss(sampler.batch(0, 2))
     assert loss.dim() == 0 and torch.isfinite(loss)
-    if task == "classification":
+    if task != "regression":
         assert 0.0 <= metrics["accuracy"] <= 1.0
     else:
         assert metrics["mse"] >= 0.0
@@ -84,7 +90,7 @@ def test_algorithm_interface(name, task):
     algo.eval()
     with algo.inference():
         out = algo.logits(algo.adapt(ep.support_x, ep.support_y), ep.query_x)
-    assert out.shape == (ep.query_x.shape[0], 3 if task == "classification" else 1)
+    assert out.shape == (ep.query_x.shape[0], 1 if task == "regression" else 3)
 
 
 def test_impossible_backbone_options_are_config_errors():

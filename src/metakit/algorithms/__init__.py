@@ -10,6 +10,7 @@ from metakit.algorithms.protonet import ProtoNet
 from metakit.algorithms.relation import RelationNet
 from metakit.algorithms.reptile import Reptile
 from metakit.algorithms.siamese import Siamese
+from metakit.algorithms.zeroshot import ZeroShotProtoNet
 from metakit.registry import Registry
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
@@ -22,6 +23,7 @@ ALGORITHMS.register("metasgd")(MetaSGD)
 ALGORITHMS.register("reptile")(Reptile)
 ALGORITHMS.register("pretrained")(Pretrained)
 ALGORITHMS.register("baseline")(Baseline)
+ALGORITHMS.register("zeroshot")(ZeroShotProtoNet)
 
 
 def list_algorithms() -> list[str]:
@@ -41,5 +43,6 @@ __all__ = [
     "RelationNet",
     "Reptile",
     "Siamese",
+    "ZeroShotProtoNet",
     "list_algorithms",
 ]

@@ -47,11 +47,14 @@ def _folder(  # type: ignore[no-untyped-def]
 
 @DATASETS.register("clinc150")
 def _clinc150(  # type: ignore[no-untyped-def]
-    seed: int = 0, sizes: tuple[int, int, int] = (80, 20, 50), download: bool = True
+    seed: int = 0,
+    sizes: tuple[int, int, int] = (80, 20, 50),
+    download: bool = True,
+    support: str = "examples",
 ):
     from metakit.text.datasets import clinc150_embeddings
 
-    return clinc150_embeddings(seed, sizes, download)
+    return clinc150_embeddings(seed, sizes, download, support)
 
 
 @DATASETS.register("fewrel")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +12,7 @@ from metakit.data.preprocess import Preprocess
 from metakit.errors import ConfigError
 
 if TYPE_CHECKING:
+    from metakit.data.metadata import MetadataSampler
     from metakit.data.sampler import TaskSampler, Transform
 
 
@@ -66,7 +67,13 @@ class SplitDataset:
     builders: dict[str, Callable[[], ClassDataset]]
     _built: dict[str, ClassDataset] = field(default_factory=dict, repr=False)
     features: int = 0  # feature width when `preprocess` is None
-    task: ClassVar[str] = "classification"
+    #: class metadata `[classes, D]` of a split (e.g. embedded class names): when set, episodes
+    #: are zero-shot, with one metadata vector per class in place of support examples
+    metadata: Callable[[str], torch.Tensor] | None = None
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.metadata is None else "zero-shot"
 
     @property
     def splits(self) -> list[str]:
@@ -87,10 +94,15 @@ class SplitDataset:
         queries: int,
         seed: int = 0,
         transform: Transform | None = None,
-    ) -> TaskSampler:
-        """Reproducible N-way K-shot episodes of one split."""
+    ) -> TaskSampler | MetadataSampler:
+        """Reproducible N-way K-shot episodes of one split (zero-shot ones with `metadata`)."""
+        from metakit.data.metadata import MetadataSampler
         from metakit.data.sampler import TaskSampler  # the sampler module imports this one
 
+        if self.metadata is not None:
+            return MetadataSampler(
+                self.split(split), self.metadata(split), ways, queries, seed=seed, shots=shots
+            )
         return TaskSampler(self.split(split), ways, shots, queries, seed=seed, transform=transform)
 
     def split(self, name: str) -> ClassDataset:

@@ -22,6 +22,11 @@ CLINC150 = Resource(
     "https://raw.githubusercontent.com/clinc/oos-eval/master/data/data_full.json",
     md5="30c29dc6ab78edf3b5dfa640be204cde",
 )
+CLINC150_DOMAINS = Resource(
+    "clinc150/domains.json",
+    "https://raw.githubusercontent.com/clinc/oos-eval/master/data/domains.json",
+    md5="9beee9d0f36e07e914c1e3a626bdcb4a",
+)
 _FEWREL = "https://raw.githubusercontent.com/thunlp/FewRel/master/data"
 FEWREL = {
     domain: Resource(f"fewrel/val_{domain}.json", f"{_FEWREL}/val_{domain}.json", md5=md5)
@@ -93,6 +98,32 @@ def clinc150_intents(download: bool = True) -> TextDataset:
         raise ArchiveStructureError(f"clinc150: expected 150 intents, found {len(names)}")
     index = {n: i for i, n in enumerate(names)}
     return TextDataset(texts, torch.tensor([index[i] for i in intents]), names, "clinc150")
+
+
+def clinc150_domains(download: bool = True) -> dict[str, str]:
+    """The domain of each of the 150 intents (e.g. `transfer` → `banking`)."""
+    data = read_json(locate(CLINC150_DOMAINS, download))
+    domain_of = {i: d for d, intents in data.items() for i in intents}
+    if len(data) != 10 or len(domain_of) != CLINC_INTENTS:
+        raise ArchiveStructureError(
+            f"clinc150/domains.json: expected 10 domains with 150 intents, "
+            f"found {len(data)} with {len(domain_of)}"
+        )
+    return domain_of
+
+
+def clinc150_descriptions(
+    names: list[str], style: str = "name", download: bool = True
+) -> list[str]:
+    """Readable class metadata text for intents: `name` ("change ai name") or `domain-name`
+    ("meta: change ai name")."""
+    if style not in ("name", "domain-name"):
+        raise DataError(f"clinc150 class metadata must be 'name' or 'domain-name', got {style!r}")
+    domain_of = clinc150_domains(download) if style == "domain-name" else {}
+    text = [n.replace("_", " ") for n in names]
+    if style == "name":
+        return text
+    return [f"{domain_of[n].replace('_', ' ')}: {t}" for n, t in zip(names, text, strict=True)]
 
 
 def clinc150(

@@ -59,7 +59,7 @@ def build_algorithm(
             f"algorithm {algo_name!r} learns {' and '.join(kinds)} tasks, but dataset "
             f"{config.data.get('name')!r} poses {task} tasks; use one of: {', '.join(able)}"
         )
-    if kinds != ("classification",):
+    if "task" in signature_of(ALGORITHMS.get(algo_name))[0]:
         algo_options.setdefault("task", task)
     return ALGORITHMS.build(algo_name, backbone=backbone, **algo_options)
 

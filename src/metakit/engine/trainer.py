@@ -166,7 +166,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         "seed": config.seed,
         "metakit_version": __version__,
         "metric": f"{t.val_split}_accuracy"
-        if dataset.task == "classification"
+        if dataset.task != "regression"
         else f"-{t.val_split}_mse",  # best_metric is maximised, so MSE is stored negated
     }
 
@@ -246,9 +246,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         "steps": step,
         "task": dataset.task,
         **(
-            {"best_val_accuracy": best}
-            if dataset.task == "classification"
-            else {"best_val_mse": -best}
+            {"best_val_accuracy": best} if dataset.task != "regression" else {"best_val_mse": -best}
         ),
         "train_seconds": round(seconds, 2),
         "episodes_per_s": round(step * t.meta_batch / max(seconds, 1e-9), 2),

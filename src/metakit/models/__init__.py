@@ -2,12 +2,14 @@
 
 from metakit.models.backbone import Backbone
 from metakit.models.conv4 import conv4
+from metakit.models.identity import identity
 from metakit.models.mlp import mlp
 from metakit.registry import Registry
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 BACKBONES.register("conv4")(conv4)
 BACKBONES.register("mlp")(mlp)
+BACKBONES.register("identity")(identity)
 
 
 def create_backbone(name: str, **options: object) -> Backbone:

@@ -10,26 +10,40 @@ from __future__ import annotations
 import torch
 
 from metakit.data.dataset import ClassDataset, SplitDataset
-from metakit.data.text import FEWREL, TextDataset, clinc150, fewrel
+from metakit.data.text import FEWREL, TextDataset, clinc150, clinc150_descriptions, fewrel
 from metakit.errors import DataError
-from metakit.text.encoder import DIM, Pool, embedding_split
+from metakit.text.encoder import DIM, Pool, embed_texts, embedding_split
 
 
 def clinc150_embeddings(
-    seed: int = 0, sizes: tuple[int, int, int] = (80, 20, 50), download: bool = True
+    seed: int = 0,
+    sizes: tuple[int, int, int] = (80, 20, 50),
+    download: bool = True,
+    support: str = "examples",
 ) -> SplitDataset:
+    """`support: examples` gives N-way K-shot episodes; `name` or `domain-name` gives zero-shot
+    episodes whose classes are given by the embedded intent name (optionally with its domain)."""
+    if support not in ("examples", "name", "domain-name"):
+        raise DataError(
+            f"clinc150 support must be 'examples', 'name' or 'domain-name', got {support!r}"
+        )
     cache: dict[str, dict[str, TextDataset]] = {}
 
-    def split(name: str) -> ClassDataset:
+    def parts() -> dict[str, TextDataset]:
         if "parts" not in cache:
             cache["parts"] = clinc150(seed, tuple(sizes), download)  # type: ignore[arg-type]
-        return embedding_split(cache["parts"][name])
+        return cache["parts"]
+
+    def metadata(name: str) -> torch.Tensor:
+        names = parts()[name].class_names
+        return embed_texts(clinc150_descriptions(names, support, download))
 
     return SplitDataset(
         name=f"clinc150(seed={seed})",
         preprocess=None,
-        builders={s: (lambda s=s: split(s)) for s in ("train", "val", "test")},
+        builders={s: (lambda s=s: embedding_split(parts()[s])) for s in ("train", "val", "test")},
         features=DIM,
+        metadata=None if support == "examples" else metadata,
     )
 
 

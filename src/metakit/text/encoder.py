@@ -2,8 +2,8 @@
 
 Encoding is the expensive step of few-shot text, so it is done once per dataset and cached
 (`embed_texts`), and made fast: texts are sorted by length so each batch pads to similar
-lengths (much less wasted attention than the input order), and the model runs under
-`torch.inference_mode`. Embeddings are mean-pooled over tokens and L2-normalised, as the
+lengths (much less wasted attention than the input order), and the model runs without
+autograd. Embeddings are mean-pooled over tokens and L2-normalised, as the
 model was trained; `pool="markers"` instead averages the token states of entity markers
 (`[E1]`, `[E2]`), the entity-aware pooling used for relation classification.
 """
@@ -58,7 +58,7 @@ def load_encoder(markers: bool = False) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers train on the result (e.g. zero-shot maps)
 def encode(
     texts: Sequence[str], batch_size: int = 64, pool: Pool = "mean", max_length: int = 128
 ) -> torch.Tensor:
