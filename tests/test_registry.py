@@ -12,12 +12,17 @@ from tests.conftest import synthetic_dataset
 
 @pytest.mark.parametrize("name", list_backbones())
 def test_backbone_shapes(name):
-    bb = create_backbone(name, in_channels=1, image_size=28)
-    z = bb.embed(torch.rand(3, 1, 28, 28))
+    if name == "minilm":  # text: token states of the frozen encoder's bottom layers
+        pytest.importorskip("transformers", reason="the `text` extra is not installed")
+        options, x = {}, torch.randn(3, 7, 384)
+    else:
+        options, x = {"in_channels": 1, "image_size": 28}, torch.rand(3, 1, 28, 28)
+    bb = create_backbone(name, **options)
+    z = bb.embed(x)
     assert z.shape == (3, bb.out_dim)
     assert len(bb.features) >= 1  # blocks are separate, so transfer can freeze the first N
-    head = create_backbone(name, in_channels=1, image_size=28, num_classes=7)
-    assert head(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+    head = create_backbone(name, **options, num_classes=7)
+    assert head(x[:2]).shape == (2, 7)
 
 
 def test_conv4_layout():

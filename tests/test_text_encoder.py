@@ -50,3 +50,28 @@ def test_embeddings_are_cached(tmp_path, monkeypatch):
 def test_entity_marker_pooling_differs_from_mean():
     text = ["[E1] Paris [/E1] is the capital of [E2] France [/E2] ."]
     assert not torch.allclose(encode(text, pool="markers"), encode(text), atol=1e-3)
+
+
+def test_minilm_top_on_cached_token_states_reproduces_the_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path))
+    from metakit.models import create_backbone
+    from metakit.text.encoder import embed_tokens
+
+    states = embed_tokens(SENTENCES, layer=4)  # [N, max_tokens, 384], zero rows as padding
+    assert states.dtype == torch.float16 and states.shape[0] == 4 and states.shape[2] == 384
+    top = create_backbone("minilm", start_layer=4).eval()
+    with torch.no_grad():
+        z = top.embed(states)
+        # more padding changes nothing: the mask comes from the zero rows
+        padded = torch.cat([states, torch.zeros(4, 5, 384, dtype=states.dtype)], 1)
+        assert torch.allclose(top.embed(padded), z, atol=1e-6)
+    assert torch.allclose(z, encode(SENTENCES), atol=2e-3)  # float16 cache, same embeddings
+    assert len(top.features) == 2 and all(p.requires_grad for p in top.parameters())
+
+
+def test_minilm_rejects_sentence_embeddings():
+    from metakit.errors import ConfigError
+    from metakit.models import create_backbone
+
+    with pytest.raises(ConfigError, match="token states"):
+        create_backbone("minilm").embed(torch.rand(3, 384))

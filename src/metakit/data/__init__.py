@@ -51,10 +51,11 @@ def _clinc150(  # type: ignore[no-untyped-def]
     sizes: tuple[int, int, int] = (80, 20, 50),
     download: bool = True,
     support: str = "examples",
+    layer: int | None = None,
 ):
     from metakit.text.datasets import clinc150_embeddings
 
-    return clinc150_embeddings(seed, sizes, download, support)
+    return clinc150_embeddings(seed, sizes, download, support, layer)
 
 
 @DATASETS.register("fewrel")

@@ -67,6 +67,9 @@ class SplitDataset:
     builders: dict[str, Callable[[], ClassDataset]]
     _built: dict[str, ClassDataset] = field(default_factory=dict, repr=False)
     features: int = 0  # feature width when `preprocess` is None
+    #: further backbone options implied by the data (e.g. which encoder layer cached states
+    #: come from), filled in like `in_features` when the backbone accepts them
+    input_options: dict[str, Any] = field(default_factory=dict)
     #: class metadata `[classes, D]` of a split (e.g. embedded class names): when set, episodes
     #: are zero-shot, with one metadata vector per class in place of support examples
     metadata: Callable[[str], torch.Tensor] | None = None
@@ -83,7 +86,7 @@ class SplitDataset:
     def inputs(self) -> dict[str, Any]:
         """Backbone options implied by the data (filled in when a backbone accepts them)."""
         if self.preprocess is None:
-            return {"in_features": self.features}
+            return {"in_features": self.features, **self.input_options}
         return {"in_channels": self.preprocess.channels, "image_size": self.preprocess.image_size}
 
     def sampler(

@@ -3,6 +3,7 @@
 from metakit.models.backbone import Backbone
 from metakit.models.conv4 import conv4
 from metakit.models.identity import identity
+from metakit.models.minilm import minilm
 from metakit.models.mlp import mlp
 from metakit.registry import Registry
 
@@ -10,6 +11,7 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 BACKBONES.register("conv4")(conv4)
 BACKBONES.register("mlp")(mlp)
 BACKBONES.register("identity")(identity)
+BACKBONES.register("minilm")(minilm)
 
 
 def create_backbone(name: str, **options: object) -> Backbone:

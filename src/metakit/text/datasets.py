@@ -20,9 +20,13 @@ def clinc150_embeddings(
     sizes: tuple[int, int, int] = (80, 20, 50),
     download: bool = True,
     support: str = "examples",
+    layer: int | None = None,
 ) -> SplitDataset:
     """`support: examples` gives N-way K-shot episodes; `name` or `domain-name` gives zero-shot
-    episodes whose classes are given by the embedded intent name (optionally with its domain)."""
+    episodes whose classes are given by the embedded intent name (optionally with its domain).
+
+    Examples are sentence embeddings `[N, 384]`, or with `layer: k` the token states after the
+    encoder's first k layers `[N, tokens, 384]`, for fine-tuning the layers above (`minilm`)."""
     if support not in ("examples", "name", "domain-name"):
         raise DataError(
             f"clinc150 support must be 'examples', 'name' or 'domain-name', got {support!r}"
@@ -41,9 +45,13 @@ def clinc150_embeddings(
     return SplitDataset(
         name=f"clinc150(seed={seed})",
         preprocess=None,
-        builders={s: (lambda s=s: embedding_split(parts()[s])) for s in ("train", "val", "test")},
+        builders={
+            s: (lambda s=s: embedding_split(parts()[s], layer=layer))
+            for s in ("train", "val", "test")
+        },
         features=DIM,
         metadata=None if support == "examples" else metadata,
+        input_options={} if layer is None else {"start_layer": layer},
     )
 
 

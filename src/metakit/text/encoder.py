@@ -84,6 +84,50 @@ def encode(
     return out
 
 
+@torch.no_grad()
+def token_states(
+    texts: Sequence[str], layer: int, batch_size: int = 64, max_length: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each text's token states after the first `layer` transformer layers (0: the token
+    embeddings), unpadded: flat `[tokens, 384]` in the order of `texts`, and lengths `[N]`.
+
+    Fine-tuning the layers above `layer` then needs only these states, so the frozen bottom of
+    the encoder runs once per dataset instead of once per episode."""
+    tokenizer, model = load_encoder(False)
+    if not 0 <= layer < len(model.encoder.layer):
+        raise MetakitError(f"layer must lie in 0..{len(model.encoder.layer) - 1}, got {layer}")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")  # fmt: skip
+        hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
+        for j, i in enumerate(idx):
+            rows[i] = hidden[j][batch["attention_mask"][j].bool()]
+    lengths = torch.tensor([len(r) for r in rows])
+    return torch.cat(rows), lengths
+
+
+def embed_tokens(texts: Sequence[str], layer: int) -> torch.Tensor:
+    """`token_states` as one zero-padded float16 tensor `[N, max_len, 384]`, cached.
+
+    Padding rows are exactly zero (real token states never are, after LayerNorm), which is how
+    the `minilm` backbone recovers the attention mask."""
+    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        flat, lengths = token_states(texts, layer)
+        return {"states": flat.half(), "lengths": lengths}, {"count": len(texts)}
+
+    tensors, _ = cached_tensors(f"tokens-{MODEL_NAME}-layer{layer}-{digest}", digest, build)
+    lengths = tensors["lengths"]
+    padded = torch.zeros(len(lengths), int(lengths.max()), DIM, dtype=torch.float16)
+    mask = torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
+    padded[mask] = tensors["states"]
+    return padded
+
+
 def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64) -> torch.Tensor:
     """`encode`, computed once per distinct list of texts and cached (safetensors)."""
     digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
@@ -96,8 +140,10 @@ def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64)
     return tensors["embeddings"]
 
 
-def embedding_split(data: Any, pool: Pool = "mean") -> Any:
-    """A `TextDataset` as a `ClassDataset` of its cached sentence embeddings."""
+def embedding_split(data: Any, pool: Pool = "mean", layer: int | None = None) -> Any:
+    """A `TextDataset` as a `ClassDataset` of its cached sentence embeddings, or with `layer`,
+    of its token states after that many layers (for fine-tuning the rest)."""
     from metakit.data.dataset import ClassDataset
 
-    return ClassDataset(embed_texts(data.texts, pool), data.labels, data.class_names, data.name)
+    x = embed_texts(data.texts, pool) if layer is None else embed_tokens(data.texts, layer)
+    return ClassDataset(x, data.labels, data.class_names, data.name)
