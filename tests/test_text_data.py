@@ -53,3 +53,12 @@ def test_mark_entities():
         mark_entities(tokens, [0], [5]) == "[E1] Paris [/E1] is the capital of [E2] France [/E2] ."
     )
     assert mark_entities(["a", "b", "c"], [1, 2], [0]) == "[E2] a [/E2] [E1] b c [/E1]"
+
+
+def test_split_entities_strips_markers_and_finds_mentions():
+    from metakit.text.encoder import split_entities
+
+    text = mark_entities(["The", "Cape", "Bridge", "crosses", "the", "Mississippi"], [1, 2], [5])
+    words, head, tail = split_entities(text)
+    assert words == ["The", "Cape", "Bridge", "crosses", "the", "Mississippi"]
+    assert head == [1, 2] and tail == [5]

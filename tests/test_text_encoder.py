@@ -75,3 +75,12 @@ def test_minilm_rejects_sentence_embeddings():
 
     with pytest.raises(ConfigError, match="token states"):
         create_backbone("minilm").embed(torch.rand(3, 384))
+
+
+def test_entity_pooling_concatenates_sentence_head_and_tail():
+    text = ["[E1] Paris [/E1] is the capital of [E2] France [/E2] ."]
+    z = encode(text, pool="entity")
+    assert z.shape == (1, 3 * 384) and torch.allclose(z.norm(dim=-1), torch.ones(1), atol=1e-5)
+    sentence = encode(["Paris is the capital of France ."])  # the markers are not encoded
+    assert torch.allclose(z[0, :384] * 3**0.5, sentence[0], atol=1e-4)
+    assert not torch.allclose(z[0, 384:768], z[0, 768:], atol=1e-2)  # head differs from tail

@@ -59,10 +59,10 @@ def _clinc150(  # type: ignore[no-untyped-def]
 
 
 @DATASETS.register("fewrel")
-def _fewrel(domain: str = "wiki", markers: bool = True, download: bool = True):  # type: ignore[no-untyped-def]
+def _fewrel(domain: str = "wiki", pool: str = "entity", download: bool = True):  # type: ignore[no-untyped-def]
     from metakit.text.datasets import fewrel_embeddings
 
-    return fewrel_embeddings(domain, markers, download)
+    return fewrel_embeddings(domain, pool, download)  # type: ignore[arg-type]
 
 
 @DATASETS.register("sinusoid")

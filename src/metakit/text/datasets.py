@@ -12,7 +12,7 @@ import torch
 from metakit.data.dataset import ClassDataset, SplitDataset
 from metakit.data.text import FEWREL, TextDataset, clinc150, clinc150_descriptions, fewrel
 from metakit.errors import DataError
-from metakit.text.encoder import DIM, Pool, embed_texts, embedding_split
+from metakit.text.encoder import DIM, Pool, dim_of, embed_texts, embedding_split
 
 
 def clinc150_embeddings(
@@ -65,9 +65,12 @@ def pooled(parts: list[TextDataset], name: str) -> TextDataset:
 
 
 def fewrel_embeddings(
-    domain: str = "wiki", markers: bool = True, download: bool = False
+    domain: str = "wiki", pool: Pool = "entity", download: bool = False
 ) -> SplitDataset:
-    pool: Pool = "markers" if markers else "mean"
+    """`pool`: `entity` (sentence, head and tail means), `markers` or `mean`; see `encode`."""
+    if pool not in ("mean", "markers", "entity"):
+        raise DataError(f"fewrel pool must be 'mean', 'markers' or 'entity', got {pool!r}")
+    markers = pool != "mean"
     if domain not in FEWREL:
         raise DataError(f"unknown FewRel domain {domain!r}; use one of {', '.join(FEWREL)}")
 
@@ -91,5 +94,5 @@ def fewrel_embeddings(
         name=f"fewrel({domain})",
         preprocess=None,
         builders={"train": train, "test": test},
-        features=DIM,
+        features=dim_of(pool),
     )

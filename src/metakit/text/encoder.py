@@ -4,8 +4,10 @@ Encoding is the expensive step of few-shot text, so it is done once per dataset 
 (`embed_texts`), and made fast: texts are sorted by length so each batch pads to similar
 lengths (much less wasted attention than the input order), and the model runs without
 autograd. Embeddings are mean-pooled over tokens and L2-normalised, as the
-model was trained; `pool="markers"` instead averages the token states of entity markers
-(`[E1]`, `[E2]`), the entity-aware pooling used for relation classification.
+model was trained. For relation classification there is entity-aware pooling of sentences
+with entity markers: `pool="entity"` adds the means over the head and tail mentions to the
+sentence mean, and `pool="markers"` averages the states of the marker tokens (`[E1]`, `[E2]`,
+added to the vocabulary untrained).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from metakit.data.store import cached_tensors
 from metakit.errors import MetakitError
 
-Pool = Literal["mean", "markers"]
+Pool = Literal["mean", "markers", "entity"]
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -58,29 +60,72 @@ def load_encoder(markers: bool = False) -> tuple[Any, Any]:
     return tokenizer, model
 
 
+def split_entities(text: str) -> tuple[list[str], list[int], list[int]]:
+    """Words of a marked sentence without its markers, and the word indices of the head
+    (`[E1] ... [/E1]`) and tail (`[E2] ... [/E2]`) mentions."""
+    words: list[str] = []
+    spans: dict[str, list[int]] = {"[E1]": [], "[E2]": []}
+    inside: str | None = None
+    for word in text.split():
+        if word in ("[E1]", "[E2]"):
+            inside = word
+        elif word in ("[/E1]", "[/E2]"):
+            inside = None
+        else:
+            if inside:
+                spans[inside].append(len(words))
+            words.append(word)
+    return words, spans["[E1]"], spans["[E2]"]
+
+
+def dim_of(pool: Pool) -> int:
+    """Embedding width of a pooling: `entity` concatenates three 384-d parts."""
+    return 3 * DIM if pool == "entity" else DIM
+
+
 @torch.no_grad()  # not inference_mode: callers train on the result (e.g. zero-shot maps)
 def encode(
     texts: Sequence[str], batch_size: int = 64, pool: Pool = "mean", max_length: int = 128
 ) -> torch.Tensor:
-    """Unit-length sentence embeddings `[N, 384]`, in the order of `texts`."""
+    """Unit-length sentence embeddings `[N, dim_of(pool)]`, in the order of `texts`.
+
+    `entity` (texts with entity markers): the mean over all tokens, the mean over the head
+    mention's tokens and the mean over the tail's, each unit length, concatenated; the markers
+    themselves are removed, so the pretrained encoder sees the plain sentence."""
     tokenizer, model = load_encoder(pool == "markers")
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(len(texts), DIM)
+    out = torch.empty(len(texts), dim_of(pool))
     marker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")  # fmt: skip
+        if pool == "entity":
+            parts = [split_entities(texts[i]) for i in idx]
+            batch = tokenizer([w for w, _, _ in parts], is_split_into_words=True,
+                              padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")  # fmt: skip
+        else:
+            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")  # fmt: skip
         hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].float()
         if pool == "markers":
             weights = torch.isin(batch["input_ids"], marker_ids).float()
-            # a truncated sentence may lose its markers: fall back to the mean of all tokens
-            missing = weights.sum(1, keepdim=True) == 0
-            weights = torch.where(missing, batch["attention_mask"].float(), weights)
+        elif pool == "entity":
+            spans = [
+                [[w is not None and w in mention for w in batch.word_ids(j)] for mention in p[1:]]
+                for j, p in enumerate(parts)
+            ]  # [B, 2, T]: tokens of the head and tail mentions
+            weights = torch.cat([mask.unsqueeze(1), torch.tensor(spans).float()], 1)  # [B, 3, T]
         else:
-            weights = batch["attention_mask"].float()
-        pooled = (hidden * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
-        out[idx] = F.normalize(pooled, dim=-1)
+            weights = mask
+        if weights.dim() == 2:
+            weights = weights.unsqueeze(1)
+        # a truncated sentence may lose a mention: fall back to the mean of all its tokens
+        missing = weights.sum(-1, keepdim=True) == 0
+        weights = torch.where(missing, mask.unsqueeze(1), weights)
+        pooled = torch.einsum("bkt,btd->bkd", weights, hidden) / weights.sum(-1, keepdim=True)
+        pooled = F.normalize(pooled, dim=-1).flatten(1) / weights.shape[1] ** 0.5
+        out[idx] = pooled
     return out
 
 
