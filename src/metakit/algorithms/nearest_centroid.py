@@ -64,7 +64,7 @@ def mean_feature(
     was_training = backbone.training
     backbone.eval()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit]
-    device = next(backbone.parameters()).device
+    device = next(backbone.parameters(), torch.empty(0)).device  # identity: no parameters
     total = torch.zeros(backbone.out_dim, device=device)
     for chunk in order.split(batch):
         total += backbone.embed(to_float(data.images[chunk]).to(device)).sum(0)
