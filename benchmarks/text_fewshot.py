@@ -8,6 +8,7 @@ accuracy over episodes with a 95% CI):
   `clinc-frozen`: frozen encoder + nearest centroid (`l2`; `cl2n` centres on the seen intents).
   `clinc-head`: the `protonet-clinc150-head-*` recipes (ProtoNet training of a small MLP head
   on the frozen embeddings of the seen intents, checkpoint chosen on val).
+  `clinc-finetune-trainval`: the same trained on seen + val intents with a fixed schedule.
   `clinc-finetune`: the `protonet-clinc150-finetune-*` recipes (ProtoNet fine-tuning of the top
   top encoder layers on the seen intents, checkpoint chosen on val).
 - `zeroshot`: each unseen intent is given by the embedding of its name (or "domain: name");
@@ -251,6 +252,9 @@ def main() -> None:
         "clinc-frozen": lambda: clinc_frozen(args.episodes),
         "clinc-head": lambda: clinc_trained("head", args.out, args.episodes),
         "clinc-finetune": lambda: clinc_trained("finetune", args.out, args.episodes),
+        "clinc-finetune-trainval": lambda: clinc_trained(
+            "finetune-trainval", args.out, args.episodes
+        ),
         "zeroshot": lambda: zeroshot(args.out, args.episodes),
         "fewrel": lambda: fewrel(args.episodes),
         "throughput": lambda: throughput(args.texts, args.episodes),

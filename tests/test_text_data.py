@@ -62,3 +62,30 @@ def test_split_entities_strips_markers_and_finds_mentions():
     words, head, tail = split_entities(text)
     assert words == ["The", "Cape", "Bridge", "crosses", "the", "Mississippi"]
     assert head == [1, 2] and tail == [5]
+
+
+@needs_clinc
+def test_clinc150_dataset_splits_and_name_metadata(monkeypatch):
+    """trainval pools the seen and val intents; zero-shot metadata embeds readable names."""
+    import metakit.text.datasets as td
+    from metakit.data.dataset import ClassDataset
+
+    embedded: list[list[str]] = []
+
+    def fake_split(data, pool="mean", layer=None):  # no encoder needed: one number per text
+        return ClassDataset(torch.zeros(len(data.texts), 4), data.labels, data.class_names)
+
+    def fake_embed(texts, pool="mean", batch_size=64):
+        embedded.append(list(texts))
+        return torch.zeros(len(texts), 4)
+
+    monkeypatch.setattr(td, "embedding_split", fake_split)
+    monkeypatch.setattr(td, "embed_texts", fake_embed)
+    data = td.clinc150_embeddings(download=False, support="domain-name")
+    trainval = data.split("trainval")
+    assert trainval.num_classes == 100 and len(trainval) == 15000
+    assert data.task == "zero-shot" and data.inputs == {"in_features": 384}
+    data.metadata("trainval")
+    assert len(embedded[-1]) == 100 and all(": " in t and "_" not in t for t in embedded[-1])
+    with pytest.raises(DataError, match="support must be"):
+        td.clinc150_embeddings(download=False, support="pictures")

@@ -38,16 +38,22 @@ def clinc150_embeddings(
             cache["parts"] = clinc150(seed, tuple(sizes), download)  # type: ignore[arg-type]
         return cache["parts"]
 
+    def trainval() -> TextDataset:  # seen + val intents, for a fixed schedule chosen on val
+        return pooled([parts()["train"], parts()["val"]], "clinc150/trainval")
+
     def metadata(name: str) -> torch.Tensor:
-        names = parts()[name].class_names
+        data = trainval() if name == "trainval" else parts()[name]
+        names = [n.rsplit("/", 1)[-1] for n in data.class_names]  # pooled: "clinc150/train/x"
         return embed_texts(clinc150_descriptions(names, support, download))
 
+    texts = {s: (lambda s=s: parts()[s]) for s in ("train", "val", "test")}
+    texts["trainval"] = trainval
     return SplitDataset(
         name=f"clinc150(seed={seed})",
         preprocess=None,
         builders={
-            s: (lambda s=s: embedding_split(parts()[s], layer=layer))
-            for s in ("train", "val", "test")
+            s: (lambda s=s: embedding_split(texts[s](), layer=layer))
+            for s in ("train", "val", "trainval", "test")
         },
         features=DIM,
         metadata=None if support == "examples" else metadata,
