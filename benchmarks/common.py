@@ -34,6 +34,11 @@ def hardware() -> dict[str, Any]:
     }
 
 
+def hardware_line(hw: dict[str, Any]) -> str:
+    """The hardware sentence under every results table."""
+    return f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}."
+
+
 def metakit(*args: str) -> dict[str, Any]:
     """Run the metakit CLI in a fresh process (so peak memory is per run) and parse its JSON."""
     proc = subprocess.run(

@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from common import hardware, metakit, write_results
+from common import hardware, hardware_line, metakit, write_results
 
 PUBLISHED_SINUSOID = {  # Finn et al. 2017, 5-shot, MSE after 1 / 5 / 10 steps
     "maml-sinusoid-5shot": [0.67, 0.38, 0.35],
@@ -173,9 +173,7 @@ def markdown(results: dict) -> str:
             )
         lines.append("")
     hw = results["hardware"]
-    lines.append(
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}."
-    )
+    lines.append(hardware_line(hw))
     return "\n".join(lines) + "\n"
 
 

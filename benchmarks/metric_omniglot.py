@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import hardware, train_and_evaluate, write_results
+from common import hardware, hardware_line, train_and_evaluate, write_results
 
 SETTINGS = ("5w1s", "20w1s", "5w5s", "20w5s")
 PUBLISHED = {  # accuracy in %, Omniglot, in the order of SETTINGS
@@ -67,7 +67,7 @@ def markdown(rows: list[dict[str, Any]], hw: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}.",
+        hardware_line(hw),
         "Training times of models shared by several recipes are counted once (see trained by).",
     ]
     return "\n".join(lines) + "\n"

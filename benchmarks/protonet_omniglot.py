@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import hardware, train_and_evaluate, write_results
+from common import hardware, hardware_line, train_and_evaluate, write_results
 
 PUBLISHED = {  # Snell et al. 2017, Table 1 (Omniglot, Vinyals split), accuracy in %
     "protonet-omniglot-5w1s": 98.8,
@@ -69,7 +69,7 @@ def main() -> None:
     hw = results["hardware"]
     lines += [
         "",
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}.",
+        hardware_line(hw),
     ]
     write_results(args.results, results, "\n".join(lines) + "\n")
     print(json.dumps({"written": str(args.results.with_suffix(".json"))}))

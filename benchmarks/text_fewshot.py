@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from common import hardware, train_and_evaluate, write_results
+from common import hardware, hardware_line, train_and_evaluate, write_results
 from metakit.algorithms import ALGORITHMS
 from metakit.algorithms.nearest_centroid import NearestCentroid, mean_feature
 from metakit.data import DATASETS
@@ -231,7 +231,7 @@ def markdown(rows: list[dict[str, Any]], hw: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}.",
+        hardware_line(hw),
     ]
     return "\n".join(lines) + "\n"
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import hardware, metakit
+from common import hardware, hardware_line, metakit
 
 MODES: dict[str, dict[str, Any]] = {
     "scratch": {"source": "baseline", "args": ["--mode", "scratch", "--steps", "100"]},
@@ -125,9 +125,7 @@ def markdown(rows: list[dict[str, Any]], targets: list[str], shots: list[int]) -
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         lines.append("")
     hw = hardware()
-    lines.append(
-        f"Hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, GPU: {hw['gpu']}."
-    )
+    lines.append(hardware_line(hw))
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,8 @@ class EncoderTop(Backbone):
             )
         x = x.float()
         mask = x.abs().amax(-1) > 0  # padding rows are exactly zero
-        x, mask = x[:, : int(mask.sum(1).max())], mask[:, : int(mask.sum(1).max())]
+        longest = int(mask.sum(1).max())  # padding sits at the end: drop all-padding columns
+        x, mask = x[:, :longest], mask[:, :longest]
         additive = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
         for layer in self.features:
             out = layer(x, attention_mask=additive)

@@ -13,7 +13,7 @@ added to the vocabulary untrained).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -78,6 +78,18 @@ def split_entities(text: str) -> tuple[list[str], list[int], list[int]]:
     return words, spans["[E1]"], spans["[E2]"]
 
 
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `texts` in batches of similar length, so each batch pads little."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def digest_of(texts: Sequence[str]) -> str:
+    """Cache key part that identifies a list of texts (content and order)."""
+    return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+
+
 def dim_of(pool: Pool) -> int:
     """Embedding width of a pooling: `entity` concatenates three 384-d parts."""
     return 3 * DIM if pool == "entity" else DIM
@@ -93,11 +105,9 @@ def encode(
     mention's tokens and the mean over the tail's, each unit length, concatenated; the markers
     themselves are removed, so the pretrained encoder sees the plain sentence."""
     tokenizer, model = load_encoder(pool == "markers")
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.empty(len(texts), dim_of(pool))
     marker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_sorted_batches(texts, batch_size):
         if pool == "entity":
             parts = [split_entities(texts[i]) for i in idx]
             batch = tokenizer([w for w, _, _ in parts], is_split_into_words=True,
@@ -141,10 +151,8 @@ def token_states(
     tokenizer, model = load_encoder(False)
     if not 0 <= layer < len(model.encoder.layer):
         raise MetakitError(f"layer must lie in 0..{len(model.encoder.layer) - 1}, got {layer}")
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_sorted_batches(texts, batch_size):
         batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")  # fmt: skip
         hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
@@ -159,7 +167,7 @@ def embed_tokens(texts: Sequence[str], layer: int) -> torch.Tensor:
 
     Padding rows are exactly zero (real token states never are, after LayerNorm), which is how
     the `minilm` backbone recovers the attention mask."""
-    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+    digest = digest_of(texts)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         flat, lengths = token_states(texts, layer)
@@ -175,7 +183,7 @@ def embed_tokens(texts: Sequence[str], layer: int) -> torch.Tensor:
 
 def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64) -> torch.Tensor:
     """`encode`, computed once per distinct list of texts and cached (safetensors)."""
-    digest = hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
+    digest = digest_of(texts)
     key = f"embed-{MODEL_NAME}-{pool}-{digest}"
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
