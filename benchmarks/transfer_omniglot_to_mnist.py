@@ -13,11 +13,16 @@ Modes, each adapted on the support set only:
   head, fine-tuned with Adam;
 - protonet: the meta-trained ProtoNet backbone as a frozen extractor with nearest centroid.
 
+Scratch and fine-tuning run 100 Adam steps on minibatches of up to 50 support images; their
+learning rates (scratch 3e-3 over 1e-3: 81.4 vs 78.8; finetune-0 1e-3 over 3e-4; finetune-2/3
+3e-3 over 1e-3) were picked on 30 MNIST 10-way 5-shot episodes of another seed (1), so the
+no-transfer reference is tuned as carefully as the transfer modes.
+
 Fine-tuning and scratch cost a training run per episode, so they may be given fewer episodes
 (`--costly-episodes`); each row records its episode count and CI. Rows accumulate in the
 results file; finished rows are skipped when the script is run again.
 
-    python benchmarks/transfer_omniglot_to_mnist.py --costly-episodes 100
+    python benchmarks/transfer_omniglot_to_mnist.py --episodes 300 --costly-episodes 30
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from typing import Any
 
 from common import hardware, hardware_line, metakit
 
+FIT = ["--steps", "100", "--batch-size", "50"]
 MODES: dict[str, dict[str, Any]] = {
-    "scratch": {"source": "baseline", "args": ["--mode", "scratch", "--steps", "100"]},
+    "scratch": {"source": "baseline", "args": ["--mode", "scratch", *FIT, "--lr", "0.003"]},
     "extract-linear": {"source": "baseline", "args": ["--mode", "extract", "--head", "linear"]},
     "extract-centroid": {
         "source": "baseline",
@@ -39,15 +45,15 @@ MODES: dict[str, dict[str, Any]] = {
     },
     "finetune-0": {
         "source": "baseline",
-        "args": ["--mode", "finetune", "--freeze", "0", "--steps", "100"],
+        "args": ["--mode", "finetune", "--freeze", "0", *FIT, "--lr", "0.001"],
     },
     "finetune-2": {
         "source": "baseline",
-        "args": ["--mode", "finetune", "--freeze", "2", "--steps", "100"],
+        "args": ["--mode", "finetune", "--freeze", "2", *FIT, "--lr", "0.003"],
     },
     "finetune-3": {
         "source": "baseline",
-        "args": ["--mode", "finetune", "--freeze", "3", "--steps", "100"],
+        "args": ["--mode", "finetune", "--freeze", "3", *FIT, "--lr", "0.003"],
     },
     "protonet-centroid": {
         "source": "protonet",

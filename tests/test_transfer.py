@@ -93,6 +93,12 @@ def test_scratch_is_reproducible_and_rejects_frozen_blocks():
         Transfer(backbone, mode="scratch", freeze=1)
     with pytest.raises(ConfigError, match="finetune takes head"):
         Transfer(backbone, mode="finetune", head="centroid")
+    with pytest.raises(ConfigError, match="batch_size must be >= 0"):
+        Transfer(backbone, mode="scratch", batch_size=-1)
+    # minibatches change the fit (fewer images per step) but stay reproducible
+    small = [Transfer(backbone, mode="scratch", steps=5, seed=3, batch_size=4) for _ in range(2)]
+    outs = [t.logits(t.adapt(x, y), x) for t in small]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], runs[0])
 
 
 def test_batch_sampler_draws_global_labels_reproducibly():

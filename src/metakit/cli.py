@@ -174,6 +174,9 @@ def transfer(
     decay: Annotated[
         float, typer.Option(help="finetune: lr factor per block below the head.")
     ] = 1.0,
+    batch_size: Annotated[
+        int, typer.Option(help="finetune/scratch: images per step (0 = whole support set).")
+    ] = 0,
     split: Annotated[str | None, typer.Option(help="Target split (default: test).")] = None,
     ways: Annotated[int, typer.Option(help="N classes per episode.")] = 10,
     shots: Annotated[int, typer.Option(help="K labelled target examples per class.")] = 5,
@@ -206,6 +209,7 @@ def transfer(
         steps=steps,
         lr=lr,
         decay=decay,
+        batch_size=batch_size,
     )
     out = {
         **result.to_dict(),
@@ -215,6 +219,7 @@ def transfer(
         "head": head,
         "freeze": freeze,
         "steps": steps,
+        "batch_size": batch_size,
     }
     typer.echo(json.dumps(out) if json_ else result.summary())
 

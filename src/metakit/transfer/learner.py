@@ -70,7 +70,8 @@ def fitted_logits(state: Fitted, query_x: torch.Tensor) -> torch.Tensor:
 
 class Transfer(Algorithm):
     """Adapts `backbone` to each support set by `mode`; `steps`/`lr` drive head fitting
-    (extract) or fine-tuning (finetune, scratch); `decay` sets discriminative rates per block."""
+    (extract) or fine-tuning (finetune, scratch); `decay` sets discriminative rates per block;
+    `batch_size` (0 = the whole support set) bounds the cost of a step when shots grow."""
 
     name = "transfer"
     needs_grad_to_adapt = True
@@ -84,6 +85,7 @@ class Transfer(Algorithm):
         steps: int = 100,
         lr: float | None = None,
         decay: float = 1.0,
+        batch_size: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(backbone)
@@ -95,9 +97,11 @@ class Transfer(Algorithm):
         if mode == "scratch" and freeze:
             raise ConfigError("scratch trains every block from a fresh start; freeze must be 0")
         check_freeze(backbone, freeze)
+        if batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0 (0 = whole support set); got {batch_size}")
         self.mode, self.head_kind, self.freeze, self.steps = mode, head, freeze, steps
         self.lr = lr if lr is not None else (0.1 if mode == "extract" else 1e-3)
-        self.decay, self.seed = decay, seed
+        self.decay, self.batch_size, self.seed = decay, batch_size, seed
         self._episode = 0
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Fitted:
@@ -120,6 +124,7 @@ class Transfer(Algorithm):
             steps=self.steps,
             lr=self.lr,
             decay=self.decay,
+            batch_size=self.batch_size,
             seed=seed,
         )
         return Fitted(model)
