@@ -107,6 +107,21 @@ def plot(rows: list[dict[str, Any]], target: str, path: Path) -> None:
     plt.close(fig)
 
 
+def gains(rows: list[dict[str, Any]], targets: list[str], shots: list[int]) -> dict[str, Any]:
+    """Per target and shot count: the best transfer mode and its gain over scratch (points)."""
+    out: dict[str, Any] = {}
+    for target in targets:
+        for k in shots:
+            cell = [r for r in rows if (r["target"], r["shots"]) == (target, k)]
+            scratch = next((r for r in cell if r["mode"] == "scratch"), None)
+            others = [r for r in cell if r["mode"] != "scratch"]
+            if scratch and others:
+                top = max(others, key=lambda r: r["accuracy"])
+                gain = round(100 * (top["accuracy"] - scratch["accuracy"]), 2)
+                out[f"{target}/{k}"] = {"best_mode": top["mode"], "gain_over_scratch_points": gain}
+    return out
+
+
 def markdown(rows: list[dict[str, Any]], targets: list[str], shots: list[int]) -> str:
     lines = [
         "# Omniglot (background) → MNIST / Fashion-MNIST, 10-way, 15 queries/class",
@@ -130,6 +145,14 @@ def markdown(rows: list[dict[str, Any]], targets: list[str], shots: list[int]) -
                 )  # fmt: skip
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         lines.append("")
+        best = gains(rows, [target], shots)
+        if best:
+            cells = [
+                f"{key.split('/')[1]}-shot {v['gain_over_scratch_points']:+.2f} ({v['best_mode']})"
+                for key, v in best.items()
+            ]
+            lines.append("Best transfer mode minus scratch (points): " + ", ".join(cells))
+            lines.append("")
     hw = hardware()
     lines.append(hardware_line(hw))
     return "\n".join(lines) + "\n"
@@ -190,22 +213,7 @@ def main() -> None:
                 args.results.with_suffix(".md").write_text(markdown(rows, targets, shots))
     for target in targets:
         plot(rows, target, args.results.parent / f"{args.results.name}_{target}.png")
-    best = {}
-    for target in targets:
-        for k in shots:
-            scratch = next(
-                (r for r in rows if (r["target"], r["mode"], r["shots"]) == (target, "scratch", k)),
-                None,
-            )
-            others = [
-                r
-                for r in rows
-                if r["target"] == target and r["shots"] == k and r["mode"] != "scratch"
-            ]
-            if scratch and others:
-                top = max(others, key=lambda r: r["accuracy"])
-                best[f"{target}/{k}"] = {"best_mode": top["mode"],
-                                         "gain_over_scratch_points": round(100 * (top["accuracy"] - scratch["accuracy"]), 2)}  # noqa: E501  # fmt: skip
+    best = gains(rows, targets, shots)
     print(json.dumps({"written": str(results_file), "transfer_vs_scratch": best}))
 
 
