@@ -8,12 +8,15 @@ training, meta-batch 25, Adam 1e-3. Pretrained baseline: the same MLP trained jo
 tasks, fine-tuned with SGD whose step size is chosen on 200 `val` tasks (as the paper tuned it).
 
 Omniglot protocol: Vinyals split, 28x28, Conv-4, 5-way 1-shot, 15 queries per class, 1000 fixed
-test episodes, the last checkpoint (validated once at the end); each recipe sees the same number
-of training tasks, `--omniglot-tasks` (a fixed budget, far below the papers' ~2M tasks), i.e.
-tasks / meta-batch meta-iterations. The BatchNorm mode is stated per row. Usage:
+test episodes, the checkpoint the recipe's eval names (best on 200 val episodes); each recipe
+trains for at most `--minutes` (default 60) of training time on this machine (`train.minutes`;
+validation excluded) or its `train.episodes` meta-iterations, whichever comes first: a budget
+far below the papers' ~2M tasks. The BatchNorm mode is stated per row. Rows accumulate across
+invocations (a re-run recipe replaces its row). Usage:
 
     python benchmarks/gradient_meta.py [--part sinusoid|omniglot|all] [--sinusoid-episodes N]
-        [--omniglot-tasks N] [--results benchmarks/results/gradient_meta]
+        [--recipes maml-omniglot-5w1s,...] [--minutes 60] [--omniglot-tasks N]
+        [--results benchmarks/results/gradient_meta]
 """
 
 from __future__ import annotations
@@ -44,15 +47,16 @@ PUBLISHED_OMNIGLOT = {  # 5-way 1-shot accuracy (%), full training in the papers
 FINE_TUNE_RATES = [0.003, 0.01, 0.02, 0.05, 0.1]
 
 
-def train(recipe: str, out: Path, episodes: int, extra: list[str] | None = None) -> dict:
+def train(
+    recipe: str, out: Path, episodes: int, extra: list[str] | None = None, minutes: float = 0.0
+) -> dict:
     run_dir = out / recipe
     resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-    sets = [f"train.episodes={episodes}", *(extra or [])]
+    budget = [f"train.episodes={episodes}", f"train.minutes={minutes}"]
     args = ["train", recipe, "--out", str(run_dir), "--no-progress"]
-    if resume:
-        args += ["--resume", "--set", f"train.episodes={episodes}"]
-    else:
-        args += [x for s in sets for x in ("--set", s)]
+    sets = budget if resume else [*budget, *(extra or [])]
+    args += ["--resume"] if resume else []
+    args += [x for s in sets for x in ("--set", s)]
     tic = time.perf_counter()
     summary = metakit(*args)
     summary["wall_seconds"] = round(time.perf_counter() - tic, 1)
@@ -111,14 +115,16 @@ def sinusoid_part(out: Path, episodes: int) -> list[dict]:
     return rows
 
 
-def omniglot_part(out: Path, tasks: int) -> list[dict]:
+def omniglot_part(out: Path, recipes: list[str], tasks: int | None, minutes: float) -> list[dict]:
     from metakit.config import load_config
 
     rows = []
-    for recipe in OMNIGLOT:
-        meta_batch = load_config(recipe).train.meta_batch
-        episodes = max(1, tasks // meta_batch)
-        summary = train(recipe, out, episodes, [f"train.val_every={episodes}"])
+    for recipe in recipes:
+        train_config = load_config(recipe).train
+        episodes = (
+            train_config.episodes if tasks is None else max(1, tasks // train_config.meta_batch)
+        )
+        summary = train(recipe, out, episodes, minutes=minutes)
         result = metakit("eval", str(out / recipe), "--json", "--no-progress")
         rows.append(
             {
@@ -130,13 +136,21 @@ def omniglot_part(out: Path, tasks: int) -> list[dict]:
                 "protocol": {
                     k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")
                 },
-                "train_meta_iterations": episodes,
-                "train_tasks": episodes * meta_batch,
+                "checkpoint": result.get("checkpoint", "best"),
+                "budget_minutes": minutes,
+                "train_meta_iterations": summary["steps"],
+                "train_tasks": summary["steps"] * train_config.meta_batch,
                 "train": summary,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of an earlier invocation, with re-run recipes replaced, in recipe order."""
+    by_recipe = {r["recipe"]: r for r in old} | {r["recipe"]: r for r in new}
+    return list(by_recipe.values())
 
 
 def markdown(results: dict) -> str:
@@ -184,19 +198,40 @@ def main() -> None:
     parser.add_argument("--part", choices=["sinusoid", "omniglot", "all"], default="all")
     parser.add_argument("--sinusoid-episodes", type=int, default=40000)
     parser.add_argument(
+        "--recipes",
+        default=",".join(OMNIGLOT),
+        help="comma-separated Omniglot recipes to train (rows of others are kept)",
+    )
+    parser.add_argument(
         "--omniglot-tasks",
         type=int,
-        default=3200,
-        help="training budget in tasks (meta-iterations = tasks / the recipe's meta-batch)",
+        default=None,
+        help="training budget in tasks (meta-iterations = tasks / the recipe's meta-batch; "
+        "default: the recipe's train.episodes)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=60.0,
+        help="training-time budget per Omniglot recipe (train.minutes; validation excluded)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/gradient_meta"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gradient_meta"))
     args = parser.parse_args()
+    recipes = [r for r in args.recipes.split(",") if r]
+    unknown = sorted(set(recipes) - set(OMNIGLOT))
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; choose from {', '.join(OMNIGLOT)}")
+    previous = args.results.with_suffix(".json")
+    old = json.loads(previous.read_text()) if previous.exists() else {}
     results: dict = {"benchmark": "gradient_meta", "hardware": hardware()}
+    results["sinusoid"] = old.get("sinusoid", [])
     if args.part in ("sinusoid", "all"):
         results["sinusoid"] = sinusoid_part(args.out, args.sinusoid_episodes)
+    results["omniglot"] = old.get("omniglot", [])
     if args.part in ("omniglot", "all"):
-        results["omniglot"] = omniglot_part(args.out, args.omniglot_tasks)
+        rows = omniglot_part(args.out, recipes, args.omniglot_tasks, args.minutes)
+        results["omniglot"] = merge(results["omniglot"], rows)
     write_results(args.results, results, markdown(results))
     print(json.dumps({"written": str(args.results.with_suffix(".json"))}))
 

@@ -30,7 +30,8 @@ def test_conv4_layout():
     assert len(bb.features) == 4 and bb.out_dim == 64
     for block in bb.features:
         kinds = [type(m).__name__ for m in block]
-        assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+        assert kinds == ["PatchConv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+        assert isinstance(block[0], torch.nn.Conv2d)
         assert block[0].out_channels == 64 and block[0].kernel_size == (3, 3)
 
 

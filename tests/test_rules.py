@@ -1,5 +1,7 @@
 """Functional update rules against torch.optim, and BatchNorm modes against hand computation."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,12 @@ from metakit import create_backbone
 from metakit.algorithms import MAML
 from metakit.errors import ConfigError
 from metakit.functional import adam, adapt, sgd
-from metakit.models.norm import SupportBatchNorm, statistics_from_first, use_batch_statistics
+from metakit.models.norm import (
+    BatchStatNorm,
+    SupportBatchNorm,
+    statistics_from_first,
+    use_batch_statistics,
+)
 
 
 def quadratic_problem():
@@ -91,3 +98,26 @@ def test_query_predictions_depend_on_other_queries_only_when_transductive(bn):
         together = algo.logits(state, queries)[:2]
     same = torch.allclose(alone, together, atol=1e-5)
     assert same == (bn == "support")
+
+
+@pytest.mark.parametrize("rows", [5, 40])  # primitive-op path and fused path
+def test_batch_statistics_norm_equals_batchnorm_to_second_order(rows):
+    """Both paths of BatchStatNorm give BatchNorm's values, gradients and MAML-style
+    gradients of gradients."""
+    torch.manual_seed(0)
+    reference = nn.BatchNorm2d(3, track_running_stats=False).double()
+    nn.init.uniform_(reference.weight, -1, 1)
+    nn.init.uniform_(reference.bias)
+    bn = copy.deepcopy(reference)
+    use_batch_statistics(bn, "transductive")
+    assert isinstance(bn, BatchStatNorm)
+    x = torch.randn(rows, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(rows, 3, 4, 4, dtype=torch.float64)
+
+    def meta_gradient(module):  # type: ignore[no-untyped-def]
+        out = module(x)
+        inner = torch.autograd.grad(((out - target) ** 3).mean(), module.weight, create_graph=True)
+        return out, *torch.autograd.grad((inner[0] ** 2).sum(), [x, module.weight, module.bias])
+
+    for got, want in zip(meta_gradient(bn), meta_gradient(reference), strict=True):
+        torch.testing.assert_close(got, want)

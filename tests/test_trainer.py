@@ -78,3 +78,17 @@ def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
         train(tiny_config(episodes=5), tmp_path, progress=False)
     # the checkpoint from step 2 survives and the run can be resumed
     assert read_meta(tmp_path / "checkpoints" / "last.safetensors")["step"] == 2
+
+
+def test_time_budget_stops_training_with_a_checkpoint(tmp_path):
+    # a budget smaller than one step: exactly one step runs, then validate + checkpoint
+    summary = train(tiny_config(episodes=50, minutes=1e-9), tmp_path, progress=False)
+    assert summary["steps"] == 1 and summary["stopped_by"] == "minutes"
+    assert read_meta(tmp_path / "checkpoints" / "last.safetensors")["step"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [1]
+    assert train(tiny_config(episodes=2), tmp_path / "b", progress=False)["stopped_by"] == (
+        "episodes"
+    )
+    with pytest.raises(ConfigError, match="train.minutes must be >= 0"):
+        tiny_config(minutes=-1)

@@ -27,6 +27,9 @@ class TrainConfig:
     shots: int = 1
     queries: int = 5
     episodes: int = 5000  # optimizer steps; each sees `meta_batch` episodes
+    # training-time budget in minutes (validation excluded); 0 = none. Training stops at
+    # whichever comes first, `episodes` or `minutes`; schedules are still defined on episodes.
+    minutes: float = 0.0
     meta_batch: int = 1
     batch_size: int = 128  # minibatch of supervised algorithms (baseline); not for episodes
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -86,6 +89,7 @@ class Config:
                 "train ways/shots/queries must be >= 1",
             ),
             (t.episodes >= 0, "train.episodes must be >= 0"),
+            (t.minutes >= 0, f"train.minutes must be >= 0 (0 = no time limit), got {t.minutes}"),
             (t.meta_batch >= 1, "train.meta_batch must be >= 1"),
             (t.batch_size >= 1, "train.batch_size must be >= 1"),
             (t.lr > 0, f"train.lr must be positive, got {t.lr}"),

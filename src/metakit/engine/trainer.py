@@ -1,6 +1,7 @@
 """The episodic training loop, readable top to bottom.
 
-sample episodes → meta_loss → step → log → every `val_every` steps: validate, checkpoint.
+sample episodes → meta_loss → step → log → every `val_every` steps: validate, checkpoint;
+until `train.episodes` steps or `train.minutes` of training time (a budget), whichever is first.
 State that matters for an exact resume (weights, optimizer, step, best metric, RNG) lives in
 `checkpoints/last.safetensors`; episodes depend only on `(seed, index)`, so a resumed run
 sees exactly the episodes the uninterrupted run would have seen.
@@ -34,7 +35,7 @@ from metakit.errors import ConfigError, TrainingError
 from metakit.tracking import RunLogger
 
 # Keys that may change when a run is resumed; anything else would silently change the run.
-RESUMABLE_KEYS = {("train", "episodes"), ("device",)}
+RESUMABLE_KEYS = {("train", "episodes"), ("train", "minutes"), ("device",)}
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -180,7 +181,8 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     bar = tqdm(total=t.episodes, initial=step, disable=not progress, unit="step", desc=config.name)
     with RunLogger(out, start_step=step) as logger, stop_on_interrupt() as interrupt:
         algorithm.train()
-        while step < t.episodes:
+        budget = t.minutes * 60 if t.minutes > 0 else math.inf
+        while step < t.episodes and seconds < budget:
             tic = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
@@ -207,12 +209,13 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
             optimizer.step()
             step += 1
             seconds += time.perf_counter() - tic
+            last_step = step == t.episodes or seconds >= budget
 
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + value
             window_steps += 1
             bar.update(1)
-            if step % t.log_every == 0 or step == t.episodes:
+            if step % t.log_every == 0 or last_step:
                 elapsed = time.perf_counter() - window_start
                 row = {k: v / window_steps for k, v in window.items()}
                 row.update(lr=lr, episodes_per_s=window_steps * t.meta_batch / max(elapsed, 1e-9))
@@ -225,7 +228,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 )
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
-            if step % t.val_every == 0 or step == t.episodes:
+            if step % t.val_every == 0 or last_step:
                 val_start = time.perf_counter()
                 val = validate(algorithm, val_sampler, config, device)
                 logger.log(step, "val", val_row(val))
@@ -244,6 +247,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         bar.close()
     return {
         "steps": step,
+        "stopped_by": "minutes" if step < t.episodes else "episodes",
         "task": dataset.task,
         **(
             {"best_val_accuracy": best} if dataset.task != "regression" else {"best_val_mse": -best}

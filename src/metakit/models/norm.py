@@ -34,22 +34,50 @@ def statistics_from_first(rows: int) -> Iterator[None]:
         _STAT_ROWS.reset(token)
 
 
-class SupportBatchNorm(nn.modules.batchnorm._BatchNorm):
+#: batches of at most this many rows are normalised with primitive ops (see BatchStatNorm)
+SMALL_BATCH = 16
+
+
+def normalise(
+    x: torch.Tensor, ref: torch.Tensor, module: nn.modules.batchnorm._BatchNorm
+) -> torch.Tensor:
+    """`x` normalised with the per-channel statistics of `ref`, then the module's affine map."""
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(ref, dim=dims, keepdim=True, correction=0)
+    scale = torch.rsqrt(var + module.eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if module.weight is not None:
+        scale = scale * module.weight.view(shape)
+    shift = -mean * scale
+    if module.bias is not None:
+        shift = shift + module.bias.view(shape)
+    return x * scale + shift
+
+
+class BatchStatNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with batch statistics and no running averages ("transductive").
+
+    A small batch (a MAML support set) is normalised with primitive ops, a large one with the
+    fused kernel: second-order MAML differentiates twice through the support set's BatchNorm,
+    and torch's double backward of the fused kernel is slower there (measured on the 2-core
+    CPU: 18.5 vs 10.3 ms for 5 28x28x64 maps; paired MAML meta-iterations +6%), while the fused
+    kernel is 2x faster for a 75-image query set.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > SMALL_BATCH:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return normalise(x, x, self)
+
+
+class SupportBatchNorm(BatchStatNorm):
     """BatchNorm with batch statistics taken from the leading `rows` of the batch, if set."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _STAT_ROWS.get()
         if rows is None:
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        dims = [0, *range(2, x.dim())]
-        ref = x[:rows]
-        mean = ref.mean(dim=dims, keepdim=True)
-        var = ref.var(dim=dims, unbiased=False, keepdim=True)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        out = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+            return super().forward(x)
+        return normalise(x, x[:rows], self)
 
 
 def use_batch_statistics(module: nn.Module, mode: BNMode = "transductive") -> None:
@@ -58,5 +86,5 @@ def use_batch_statistics(module: nn.Module, mode: BNMode = "transductive") -> No
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False
             m.running_mean = m.running_var = m.num_batches_tracked = None
-            if mode == "support":
-                m.__class__ = SupportBatchNorm  # same parameters, same state-dict keys
+            # same parameters, same state-dict keys
+            m.__class__ = SupportBatchNorm if mode == "support" else BatchStatNorm
