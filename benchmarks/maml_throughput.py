@@ -46,12 +46,14 @@ def one_setting(order: str, path: str, iters: int, warmup: int, device: str) -> 
 
     from metakit.config import load_config
     from metakit.engine.build import build_algorithm, build_dataset
-    from metakit.engine.trainer import peak_memory_mb
+    from metakit.engine.memory import keep_freed_memory, peak_memory_mb
 
     config = load_config(
         "maml-omniglot-5w1s",
         [f"algorithm.first_order={order == 'first'}", f"algorithm.vectorize={path}"],
     )
+    if device == "cpu":
+        keep_freed_memory()  # as the trainer does
     dataset = build_dataset(config)
     sampler = dataset.sampler("train", 5, 1, 15, seed=0)
     algorithm = build_algorithm(config, dataset.inputs, dataset.task).to(device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
 import signal
 import sys
 import threading
@@ -31,6 +30,7 @@ from metakit.data.source import EpisodeSampler
 from metakit.engine.build import build_algorithm, build_dataset, resolve_device
 from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
 from metakit.engine.evaluate import EvalResult, RegressionResult, evaluate, evaluate_regression
+from metakit.engine.memory import keep_freed_memory, peak_memory_mb
 from metakit.errors import ConfigError, TrainingError
 from metakit.tracking import RunLogger
 
@@ -118,10 +118,6 @@ def val_row(result: EvalResult | RegressionResult) -> dict[str, float]:
     return {"accuracy": result.accuracy, "ci95": result.ci95}
 
 
-def peak_memory_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def train(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
     config.validate()
@@ -136,6 +132,8 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         )
 
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults for each iteration's activations (see memory.py)
     torch.manual_seed(config.seed)
     dataset = build_dataset(config)
     sampler: EpisodeSampler | BatchSampler
