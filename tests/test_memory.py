@@ -12,11 +12,11 @@ glibc = sys.platform.startswith("linux") and "libc.so.6" in (ctypes.util.find_li
 # Runs in a fresh process: in the test session's own heap, earlier tests' freed memory would
 # already be resident and absorb the allocation.
 PROBE = """
-import json, sys, torch
+import json, resource, sys, torch
 from metakit.engine.memory import keep_freed_memory
 def rss():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 tuned = keep_freed_memory() and keep_freed_memory() if sys.argv[1] == "tune" else None
 before = rss()
 x = torch.ones(50 * 2**20)  # 200 MiB, far above glibc's default mmap threshold (<= 32 MiB)
