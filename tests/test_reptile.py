@@ -1,4 +1,5 @@
-"""Reptile's outer step against a hand computation; serial vs batched updates."""
+"""Reptile's outer step against a hand computation (full-batch and mini-batch inner steps);
+vmap vs loop."""
 
 import pytest
 import torch
@@ -16,12 +17,12 @@ def reptile(**options) -> Reptile:
     return Reptile(backbone, task="regression", inner_steps=3, **options).double()
 
 
-def by_hand(algo: Reptile, sx: torch.Tensor, sy: torch.Tensor, lr: float) -> dict:
-    """Three plain SGD steps with torch.autograd on a copy of the weights."""
+def by_hand(algo: Reptile, xs: list, ys: list, lr: float) -> dict:
+    """Plain SGD steps, one per batch, with torch.autograd on a copy of the weights."""
     params = {k: v.detach().clone().requires_grad_() for k, v in algo.backbone.named_parameters()}
-    for _ in range(3):
-        out = torch.func.functional_call(algo.backbone, params, (sx,))
-        grads = torch.autograd.grad(F.mse_loss(out, sy), list(params.values()))
+    for x, y in zip(xs, ys, strict=True):
+        out = torch.func.functional_call(algo.backbone, params, (x,))
+        grads = torch.autograd.grad(F.mse_loss(out, y), list(params.values()))
         params = {
             k: (p - lr * g).detach().requires_grad_()
             for (k, p), g in zip(params.items(), grads, strict=True)
@@ -29,12 +30,23 @@ def by_hand(algo: Reptile, sx: torch.Tensor, sy: torch.Tensor, lr: float) -> dic
     return params
 
 
-def test_outer_step_moves_towards_the_mean_adapted_weights():
-    algo = reptile(inner_optimizer="sgd", inner_lr=0.05)
-    batch = SinusoidSampler(shots=5, queries=3, seed=1).batch(0, 2)
+@pytest.mark.parametrize("inner_batch", [None, 2])
+def test_outer_step_moves_towards_the_mean_adapted_weights(inner_batch):
+    algo = reptile(inner_optimizer="sgd", inner_lr=0.05, inner_batch=inner_batch)
+    batch = SinusoidSampler(shots=6, queries=3, seed=1).batch(0, 2)
     batch = type(batch)(*(t.double() for t in batch.tensors()))
     theta = {k: v.detach().clone() for k, v in algo.backbone.named_parameters()}
-    phis = [by_hand(algo, batch.support_x[i], batch.support_y[i], 0.05) for i in range(2)]
+    if inner_batch is None:  # three full-batch steps
+        steps = [([batch.support_x[i]] * 3, [batch.support_y[i]] * 3) for i in range(2)]
+    else:  # one pass over a shuffle: three disjoint pairs, drawn as meta_loss will draw them
+        torch.manual_seed(5)
+        perms = [torch.randperm(6).view(3, 2) for _ in range(2)]
+        steps = [
+            (list(batch.support_x[i][perms[i]]), list(batch.support_y[i][perms[i]]))
+            for i in range(2)
+        ]
+        torch.manual_seed(5)
+    phis = [by_hand(algo, *steps[i], 0.05) for i in range(2)]
     epsilon = 0.7
     opt = torch.optim.SGD(algo.parameters(), lr=epsilon, momentum=0.0)
     loss, metrics = algo.meta_loss(batch)
@@ -48,12 +60,14 @@ def test_outer_step_moves_towards_the_mean_adapted_weights():
     assert metrics["mse"] >= 0 and torch.isfinite(loss)
 
 
-def test_vmap_equals_loop():
+@pytest.mark.parametrize("inner_batch", [None, 4])
+def test_vmap_equals_loop(inner_batch):
     batch = SinusoidSampler(shots=5, queries=3, seed=2).batch(0, 3)
     batch = type(batch)(*(t.double() for t in batch.tensors()))
     grads = []
     for vectorize in ("loop", "vmap"):
-        algo = reptile(vectorize=vectorize)
+        algo = reptile(vectorize=vectorize, inner_batch=inner_batch)
+        torch.manual_seed(1)  # the same mini-batches for both paths
         loss, _ = algo.meta_loss(batch)
         loss.backward()
         grads.append({k: p.grad for k, p in algo.named_parameters()})
@@ -68,6 +82,7 @@ def test_vmap_equals_loop():
         ({"inner_optimizer": "rmsprop"}, "must be one of"),
         ({"inner_steps": 0}, "at least one inner step"),
         ({"inner_lr": -1.0}, "inner_lr must be positive"),
+        ({"inner_batch": 0}, "inner_batch must be >= 1"),
     ],
 )
 def test_bad_reptile_configs(options, message):

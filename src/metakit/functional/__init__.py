@@ -3,6 +3,7 @@
 from metakit.functional.adapt import (
     Params,
     adapt,
+    adapt_batches,
     batched_adapt_loss,
     query_forward,
     split_state,
@@ -15,6 +16,7 @@ __all__ = [
     "UpdateRule",
     "adam",
     "adapt",
+    "adapt_batches",
     "batched_adapt_loss",
     "make_rule",
     "query_forward",

@@ -10,7 +10,7 @@ scalar rate / dict of per-parameter rates meaning SGD (Meta-SGD). A meta-batch r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -41,17 +41,31 @@ def adapt(
     first_order: bool = False,
 ) -> Params:
     """`steps` steps of `rule` from `params` on `(x, y)` (a number or dict of rates means SGD)."""
+    return adapt_batches(model, params, buffers, [(x, y)] * steps, loss_fn, rule, first_order)
+
+
+def adapt_batches(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    rule: Rule,
+    first_order: bool = False,
+) -> Params:
+    """One step of `rule` per `(x, y)` batch, the rule's state carried from step to step
+    (Reptile's inner mini-batches; `adapt` is the full-batch case)."""
     rule = as_rule(rule)
-
-    def support_loss(p: Params) -> torch.Tensor:
-        return loss_fn(functional_call(model, (p, buffers), (x,)), y)
-
     state = rule.init(params)
-    for _ in range(steps):
+    for x, y in batches:
+
+        def batch_loss(p: Params, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            return loss_fn(functional_call(model, (p, buffers), (x,)), y)
+
         if first_order:  # gradients at the current values, with no graph back to `params`
-            grads = grad(support_loss)({k: p.detach() for k, p in params.items()})
+            grads = grad(batch_loss)({k: p.detach() for k, p in params.items()})
         else:
-            grads = grad(support_loss)(params)
+            grads = grad(batch_loss)(params)
         updates, state = rule.update(grads, state, params)
         params = {k: p + updates[k] for k, p in params.items()}
     return params
