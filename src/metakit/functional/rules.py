@@ -8,6 +8,7 @@ through it), under `vmap`, and in a plain loop. `sgd` with a dict of rates is Me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -52,12 +53,14 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Up
         return (0, zeros, dict(zeros))
 
     def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        # torch.optim.Adam's formula, in as few ops as it takes: Reptile's test-time adaptation
+        # runs 50 steps over every parameter tensor per episode, where op count is the cost
         t, m, v = state
         t += 1
-        m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
-        v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grads.items()}
-        c1, c2 = 1 - b1**t, 1 - b2**t
-        updates = {k: -lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps) for k in grads}
+        step, root_c2 = lr / (1 - b1**t), math.sqrt(1 - b2**t)
+        m = {k: g if b1 == 0 else torch.lerp(m[k], g, 1 - b1) for k, g in grads.items()}
+        v = {k: torch.addcmul(v[k] * b2, g, g, value=1 - b2) for k, g in grads.items()}
+        updates = {k: m[k] / (v[k].sqrt() / root_c2 + eps) * -step for k in grads}
         return updates, (t, m, v)
 
     return UpdateRule(init, update)
