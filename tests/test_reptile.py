@@ -9,6 +9,7 @@ from metakit import create_backbone
 from metakit.algorithms import ALGORITHMS, Reptile
 from metakit.data.sinusoid import SinusoidSampler
 from metakit.errors import ConfigError
+from metakit.functional import adam, adapt_batches
 
 
 def reptile(**options) -> Reptile:
@@ -95,3 +96,68 @@ def test_pretrained_baseline_refuses_classification():
         ALGORITHMS.build(
             "pretrained", backbone=create_backbone("mlp", in_features=4), task="classification"
         )
+
+
+def sinusoid_batch(seed: int, tasks: int = 3):
+    batch = SinusoidSampler(shots=5, queries=3, seed=seed).batch(0, tasks)
+    return type(batch)(*(t.double() for t in batch.tensors()))
+
+
+def test_carried_adam_state_is_the_mean_of_the_tasks_final_states():
+    algo = reptile(carry_inner_state=True)
+    assert algo.inner_start_state()[0] == 0  # Adam's step count starts at zero
+    batch = sinusoid_batch(3)
+    theta = {k: v.detach().clone() for k, v in algo.backbone.named_parameters()}
+    algo.meta_loss(batch)
+    t, m, v = algo.inner_start_state()
+    assert t == 3  # one meta-batch of 3 inner steps (tasks run side by side, not in sequence)
+    finals = [
+        adapt_batches(
+            algo.backbone,
+            theta,
+            {},
+            [(batch.support_x[i], batch.support_y[i])] * 3,
+            F.mse_loss,
+            adam(1e-3, b1=0.0),
+        )[1]
+        for i in range(3)
+    ]
+    for k in theta:
+        assert torch.allclose(v[k], sum(f[2][k] for f in finals) / 3, rtol=1e-10), k
+        assert torch.allclose(m[k], sum(f[1][k] for f in finals) / 3, rtol=1e-10), k
+    algo.meta_loss(sinusoid_batch(4))
+    assert algo.inner_start_state()[0] == 6  # the next meta-batch continued from it
+
+
+def test_carried_state_vmap_equals_loop_and_round_trips():
+    states, grads = [], []
+    for vectorize in ("loop", "vmap"):
+        algo = reptile(vectorize=vectorize, carry_inner_state=True)
+        for seed in (5, 6):  # the second meta-batch starts from the state the first left
+            algo.zero_grad()
+            loss, _ = algo.meta_loss(sinusoid_batch(seed))
+            loss.backward()
+        states.append(algo.state_dict())
+        grads.append({k: p.grad for k, p in algo.named_parameters()})
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-10), k
+    assert any(k.startswith("inner_state_") for k in states[0])
+    for k in states[0]:
+        assert torch.allclose(states[0][k].double(), states[1][k].double(), atol=1e-10), k
+    fresh = reptile(carry_inner_state=True)
+    fresh.load_state_dict(states[0])
+    assert fresh.inner_start_state()[0] == 6
+
+
+def test_test_time_adaptation_starts_from_the_carried_state_and_leaves_it():
+    algo = reptile(carry_inner_state=True)
+    algo.meta_loss(sinusoid_batch(7))
+    before = {k: v.clone() for k, v in algo.state_dict().items()}
+    episode = sinusoid_batch(8, tasks=1)
+    sx, sy = episode.support_x[0], episode.support_y[0]
+    carried = algo.adapt(sx, sy, steps=2).params
+    assert all(torch.equal(v, algo.state_dict()[k]) for k, v in before.items())
+    plain = reptile()
+    plain.load_state_dict({k: v for k, v in before.items() if not k.startswith("inner_state_")})
+    fresh = plain.adapt(sx, sy, steps=2).params
+    assert any(not torch.allclose(carried[k], fresh[k]) for k in carried)

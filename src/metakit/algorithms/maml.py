@@ -30,11 +30,11 @@ from metakit.errors import ConfigError
 from metakit.functional.adapt import (
     LossFn,
     Params,
-    adapt,
+    adapt_batches,
     query_forward,
     task_query_loss,
 )
-from metakit.functional.rules import UpdateRule, sgd
+from metakit.functional.rules import RuleState, UpdateRule, sgd
 from metakit.models.backbone import Backbone
 from metakit.models.norm import BN_MODES, BNMode, use_batch_statistics
 
@@ -107,6 +107,10 @@ class MAML(Algorithm):
         """The inner-loop update rule (SGD at `inner_lr`, or `test_inner_lr` when testing)."""
         return sgd(self.test_inner_lr if test else self.inner_lr)
 
+    def inner_start_state(self) -> RuleState | None:
+        """State the inner rule starts from at test time (None: the rule's fresh state)."""
+        return None
+
     def meta_parameters(self) -> tuple[Params, Params]:
         """(network parameters, extra meta-parameters such as Meta-SGD rates)."""
         return dict(self.backbone.named_parameters()), {}
@@ -127,18 +131,18 @@ class MAML(Algorithm):
         ways = self._check_ways(support_y, exact=False)
         params, _ = self.meta_parameters()
         buffers = dict(self.backbone.named_buffers())
+        steps = self.test_inner_steps if steps is None else steps
         with torch.enable_grad():
             start = {k: v.detach().requires_grad_() for k, v in params.items()}
-            out = adapt(
+            out, _ = adapt_batches(
                 self.backbone,
                 start,
                 buffers,
-                support_x,
-                support_y,
+                [(support_x, support_y)] * steps,
                 self.loss_fn,
-                self.test_inner_steps if steps is None else steps,
                 self.inner_rule(test=True),
                 first_order=True,
+                state=self.inner_start_state(),
             )
         return Adapted({k: v.detach() for k, v in out.items()}, support_x, ways)
 

@@ -7,8 +7,14 @@ one pass, and steps on different examples are what makes Reptile's update favour
 generalisation rather than only a low joint loss); the outer update is `θ ← θ + ε·mean_i(φ_i − θ)`.
 `meta_loss` hands the trainer a surrogate whose gradient is `θ − mean_i φ_i`, so the trainer's
 plain SGD step (momentum 0, lr ε) is exactly that update. With `train.meta_batch: 1` the updates
-are serial, with more they are batched. The reported loss and accuracy are on the query set
-after adaptation: a held-out view of how well the inner loop fits each task.
+are serial, with more they are batched. `carry_inner_state` keeps the inner optimizer's state
+(Adam's moments and step count) from task to task and into test-time adaptation, as the
+paper's code does (it resets only the weights between tasks): per-parameter step sizes then
+follow the gradient scales seen in meta-training instead of restarting sign-like at every task.
+Tasks of one meta-batch all start from the same state and the state moves to their mean, so
+the loop and vmap paths stay equal; the state is a buffer, so it is checkpointed. The reported
+loss and accuracy are on the query set after adaptation: a held-out view of how well the inner
+loop fits each task.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from typing import Literal
 
 import torch
 from torch.func import vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metakit.algorithms.maml import MAML, Task
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError
 from metakit.functional.adapt import Params, adapt_batches, query_forward
-from metakit.functional.rules import UpdateRule, make_rule
+from metakit.functional.rules import RuleState, UpdateRule, make_rule
 from metakit.models.backbone import Backbone
 from metakit.models.norm import BNMode
 
@@ -43,6 +50,7 @@ class Reptile(MAML):
         inner_optimizer: Literal["adam", "sgd"] = "adam",
         inner_beta1: float = 0.0,
         inner_batch: int | None = None,
+        carry_inner_state: bool = False,
         bn: BNMode = "transductive",
         task: Task = "classification",
         vectorize: Literal["auto", "vmap", "loop"] = "auto",
@@ -66,8 +74,30 @@ class Reptile(MAML):
         if inner_batch is not None and inner_batch < 1:
             raise ConfigError(f"reptile inner_batch must be >= 1 (or null), got {inner_batch}")
         self.inner_optimizer, self.inner_beta1 = inner_optimizer, inner_beta1
-        self.inner_batch = inner_batch
-        self.inner_rule()  # invalid settings fail at construction
+        self.inner_batch, self.carry_inner_state = inner_batch, carry_inner_state
+        rule = self.inner_rule()  # invalid settings fail at construction
+        if carry_inner_state:
+            params = {k: p.detach() for k, p in self.backbone.named_parameters()}
+            leaves, self._state_spec = tree_flatten(rule.init(params))
+            self._state_ints = [isinstance(leaf, int) for leaf in leaves]
+            for i, leaf in enumerate(leaves):
+                self.register_buffer(f"inner_state_{i}", torch.as_tensor(leaf).clone())
+
+    def inner_start_state(self) -> RuleState | None:
+        if not self.carry_inner_state:
+            return None
+        leaves = [getattr(self, f"inner_state_{i}") for i in range(len(self._state_ints))]
+        leaves = [
+            int(t.item()) if is_int else t
+            for t, is_int in zip(leaves, self._state_ints, strict=True)
+        ]
+        return tree_unflatten(leaves, self._state_spec)
+
+    @torch.no_grad()
+    def _store_state(self, leaves: list[torch.Tensor]) -> None:
+        """Per-task final states `[T, ...]` → their mean (ints such as step counts: the max)."""
+        for i, (leaf, is_int) in enumerate(zip(leaves, self._state_ints, strict=True)):
+            getattr(self, f"inner_state_{i}").copy_(leaf.max() if is_int else leaf.mean(0))
 
     def inner_rule(self, test: bool = False) -> UpdateRule:
         lr = self.test_inner_lr if test else self.inner_lr
@@ -91,9 +121,10 @@ class Reptile(MAML):
         """Adapted weights φ_i stacked over tasks `[T, ...]`, and query outputs `[T, Q, C]`."""
         buffers = dict(self.backbone.named_buffers())
         xs, ys = self.inner_batches(batch.support_x, batch.support_y)
+        start = self.inner_start_state()
 
         def one(xs, ys, sx, qx):  # type: ignore[no-untyped-def]
-            phi = adapt_batches(
+            phi, state = adapt_batches(
                 self.backbone,
                 theta,
                 buffers,
@@ -101,17 +132,24 @@ class Reptile(MAML):
                 self.loss_fn,
                 self.inner_rule(),
                 first_order=True,
+                state=start,
             )
             phi = {k: v.detach() for k, v in phi.items()}
-            return phi, query_forward(self.backbone, phi, buffers, sx, qx, self.transductive)
+            leaves = [torch.as_tensor(leaf).detach() for leaf in tree_flatten(state)[0]]
+            out = query_forward(self.backbone, phi, buffers, sx, qx, self.transductive)
+            return phi, leaves, out
 
         inputs = (xs, ys, batch.support_x, batch.query_x)
         if self._use_vmap(batch.support_x.device):
-            phis, out = vmap(one, randomness="different")(*inputs)
-            return phis, out.detach()
-        results = [one(*task) for task in zip(*inputs, strict=True)]
-        phis = {k: torch.stack([r[0][k] for r in results]) for k in theta}
-        return phis, torch.stack([r[1] for r in results]).detach()
+            phis, leaves, out = vmap(one, randomness="different")(*inputs)
+        else:
+            results = [one(*task) for task in zip(*inputs, strict=True)]
+            phis = {k: torch.stack([r[0][k] for r in results]) for k in theta}
+            leaves = [torch.stack(group) for group in zip(*(r[1] for r in results), strict=True)]
+            out = torch.stack([r[2] for r in results])
+        if self.carry_inner_state:
+            self._store_state(leaves)
+        return phis, out.detach()
 
     def inner_batches(
         self, support_x: torch.Tensor, support_y: torch.Tensor

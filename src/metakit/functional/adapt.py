@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from metakit.functional.rules import UpdateRule, as_rule
+from metakit.functional.rules import RuleState, UpdateRule, as_rule
 from metakit.models.norm import statistics_from_first
 
 Params = dict[str, torch.Tensor]
@@ -41,7 +41,7 @@ def adapt(
     first_order: bool = False,
 ) -> Params:
     """`steps` steps of `rule` from `params` on `(x, y)` (a number or dict of rates means SGD)."""
-    return adapt_batches(model, params, buffers, [(x, y)] * steps, loss_fn, rule, first_order)
+    return adapt_batches(model, params, buffers, [(x, y)] * steps, loss_fn, rule, first_order)[0]
 
 
 def adapt_batches(
@@ -52,11 +52,14 @@ def adapt_batches(
     loss_fn: LossFn,
     rule: Rule,
     first_order: bool = False,
-) -> Params:
+    state: RuleState | None = None,
+) -> tuple[Params, RuleState]:
     """One step of `rule` per `(x, y)` batch, the rule's state carried from step to step
-    (Reptile's inner mini-batches; `adapt` is the full-batch case)."""
+    (Reptile's inner mini-batches; `adapt` is the full-batch case). Starts from `state` (e.g.
+    Adam moments kept from earlier tasks) or the rule's fresh state; returns the final
+    parameters and state."""
     rule = as_rule(rule)
-    state = rule.init(params)
+    state = rule.init(params) if state is None else state
     for x, y in batches:
 
         def batch_loss(p: Params, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
@@ -68,7 +71,7 @@ def adapt_batches(
             grads = grad(batch_loss)(params)
         updates, state = rule.update(grads, state, params)
         params = {k: p + updates[k] for k, p in params.items()}
-    return params
+    return params, state
 
 
 def query_forward(
