@@ -137,6 +137,7 @@ def omniglot_part(out: Path, recipes: list[str], tasks: int | None, minutes: flo
                     k: result[k] for k in ("split", "ways", "shots", "queries", "episodes", "seed")
                 },
                 "checkpoint": result.get("checkpoint", "best"),
+                "cpu": hardware()["cpu"],
                 "budget_minutes": minutes,
                 "train_meta_iterations": summary["steps"],
                 "train_tasks": summary["steps"] * train_config.meta_batch,
@@ -175,15 +176,16 @@ def markdown(results: dict) -> str:
             "## Omniglot 5-way 1-shot after a fixed budget (1000 test episodes, 15 queries)",
             "",
             "| recipe | meta-iterations | accuracy (%) | 95% CI | BatchNorm | published (full) "
-            "| train min | tasks/s | peak RSS (MB) |",
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+            "| train min | tasks/s | peak RSS (MB) | CPU (2 cores) |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
         ]
         for r in results["omniglot"]:
             t = r["train"]
             lines.append(
                 f"| {r['recipe']} | {r['train_meta_iterations']} | {100 * r['accuracy']:.2f} | "
                 f"±{100 * r['ci95']:.2f} | {r['bn']} | {r['published']} | "
-                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t['peak_memory_mb']} |"
+                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t['peak_memory_mb']} | "
+                f"{r.get('cpu', '-')} |"
             )
         lines.append("")
     hw = results["hardware"]
