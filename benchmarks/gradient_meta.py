@@ -188,8 +188,7 @@ def markdown(results: dict) -> str:
                 f"{r.get('cpu', '-')} |"
             )
         lines.append("")
-    hw = results["hardware"]
-    lines.append(hardware_line(hw))
+    lines.append("Last run: " + hardware_line(results["hardware"]))
     return "\n".join(lines) + "\n"
 
 
