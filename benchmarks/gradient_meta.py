@@ -16,7 +16,7 @@ invocations (a re-run recipe replaces its row). Usage:
 
     python benchmarks/gradient_meta.py [--part sinusoid|omniglot|all] [--sinusoid-episodes N]
         [--recipes maml-omniglot-5w1s,...] [--minutes 60] [--omniglot-tasks N]
-        [--results benchmarks/results/gradient_meta]
+        [--results benchmarks/results/gradient_meta_omniglot]
 """
 
 from __future__ import annotations
@@ -217,8 +217,17 @@ def main() -> None:
         help="training-time budget per Omniglot recipe (train.minutes; validation excluded)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/gradient_meta"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gradient_meta"))
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results file stem (default: benchmarks/results/gradient_meta_<part>, or "
+        "gradient_meta for --part all), so rows accumulate in the committed tables",
+    )
     args = parser.parse_args()
+    if args.results is None:
+        stem = "gradient_meta" if args.part == "all" else f"gradient_meta_{args.part}"
+        args.results = Path("benchmarks/results") / stem
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = sorted(set(recipes) - set(OMNIGLOT))
     if unknown:
