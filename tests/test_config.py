@@ -56,3 +56,40 @@ def test_round_trip():
 def test_apply_overrides_nested_error():
     with pytest.raises(ConfigError, match="not a config section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_lr_mult_gives_prefixed_parameters_their_own_rate():
+    import torch
+
+    from metakit.algorithms import ProtoNet
+    from metakit.engine.trainer import learning_rate, make_optimizer
+    from metakit.models import create_backbone
+
+    model = ProtoNet(create_backbone("mlp", in_features=4, hidden=[3]), "cosine", learn_scale=True)
+    config = load_config("protonet-omniglot-5w1s", ["train.optimizer=sgd", "train.momentum=0"])
+    config.train.lr_mult = {"log_scale": 100.0}
+    optimizer = make_optimizer(config, model)
+    assert sorted(g["lr_mult"] for g in optimizer.param_groups) == [1.0, 100.0]
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for group in optimizer.param_groups:  # as the trainer sets it each step
+        group["lr"] = learning_rate(config, 0) * group["lr_mult"]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    lr = config.train.lr
+    for name, p in model.named_parameters():
+        step = (before[name] - p.detach()).flatten()[0].item()
+        assert step == pytest.approx(lr * (100 if name == "log_scale" else 1), rel=1e-4), name
+
+
+def test_bad_lr_mult_is_a_clear_error():
+    from metakit.algorithms import ProtoNet
+    from metakit.engine.trainer import make_optimizer
+    from metakit.models import create_backbone
+
+    with pytest.raises(ConfigError, match="lr_mult values must be positive"):
+        load_config("protonet-omniglot-5w1s", ["train.lr_mult={log_scale: -1}"])
+    model = ProtoNet(create_backbone("mlp", in_features=4, hidden=[3]))
+    config = load_config("protonet-omniglot-5w1s", ["train.lr_mult={temperature: 10}"])
+    with pytest.raises(ConfigError, match="'temperature' matches no parameter"):
+        make_optimizer(config, model)

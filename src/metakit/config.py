@@ -41,6 +41,9 @@ class TrainConfig:
     lr_step: int = 2000
     lr_gamma: float = 0.5
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    # learning-rate multipliers by parameter-name prefix, e.g. {log_scale: 300}: a learned
+    # temperature needs a far larger step than the pretrained encoder it is fine-tuned with
+    lr_mult: dict[str, float] = field(default_factory=dict)
     val_every: int = 500  # validate and checkpoint every N steps
     val_episodes: int = 200
     log_every: int = 25
@@ -98,6 +101,10 @@ class Config:
             (t.val_every >= 1 and t.log_every >= 1, "train.val_every and log_every must be >= 1"),
             (self.eval.episodes >= 1, "eval.episodes must be >= 1"),
             (t.momentum >= 0, f"train.momentum must be >= 0, got {t.momentum}"),
+            (
+                all(isinstance(m, int | float) and m > 0 for m in t.lr_mult.values()),
+                f"train.lr_mult values must be positive numbers, got {t.lr_mult}",
+            ),
             (
                 bool(self.eval.adapt_steps) and min(self.eval.adapt_steps) >= 0,
                 "eval.adapt_steps must list step counts >= 0",

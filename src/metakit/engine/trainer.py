@@ -76,11 +76,30 @@ def stop_on_interrupt() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def make_optimizer(config: Config, params: Any) -> torch.optim.Optimizer:
+def param_groups(model: torch.nn.Module, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
+    """One optimizer group per `lr_mult` prefix (the longest matching prefix wins), plus one
+    group at multiplier 1 for the other parameters; each group carries its `lr_mult`."""
+    named = list(model.named_parameters())
+    unused = [p for p in lr_mult if not any(name.startswith(p) for name, _ in named)]
+    if unused:
+        raise ConfigError(
+            f"train.lr_mult prefix {unused[0]!r} matches no parameter; parameter names start "
+            f"with: {', '.join(sorted({name.split('.')[0] for name, _ in named}))}"
+        )
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in named:
+        prefixes = [p for p in lr_mult if name.startswith(p)]
+        mult = float(lr_mult[max(prefixes, key=len)]) if prefixes else 1.0
+        groups.setdefault(mult, []).append(param)
+    return [{"params": params, "lr_mult": mult} for mult, params in groups.items()]
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = config.train
+    groups = param_groups(model, t.lr_mult)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -147,7 +166,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     # built now, so an impossible val setting fails before an hour of training, not after
     val_sampler = dataset.sampler(t.val_split, e.ways, e.shots, e.queries, seed=e.seed)
     algorithm = build_algorithm(config, dataset.inputs, dataset.task).to(device)
-    optimizer = make_optimizer(config, algorithm.parameters())
+    optimizer = make_optimizer(config, algorithm)
 
     step, best, seconds = 0, -math.inf, 0.0
     if resume:
@@ -184,7 +203,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
             tic = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             if t.meta_batch == 1:
                 batch = sampler.sample(step)
             else:
