@@ -62,7 +62,7 @@ def test_lr_mult_gives_prefixed_parameters_their_own_rate():
     import torch
 
     from metakit.algorithms import ProtoNet
-    from metakit.engine.trainer import learning_rate, make_optimizer
+    from metakit.engine.trainer import learning_rate, make_optimizer, set_learning_rate
     from metakit.models import create_backbone
 
     model = ProtoNet(create_backbone("mlp", in_features=4, hidden=[3]), "cosine", learn_scale=True)
@@ -71,8 +71,7 @@ def test_lr_mult_gives_prefixed_parameters_their_own_rate():
     optimizer = make_optimizer(config, model)
     assert sorted(g["lr_mult"] for g in optimizer.param_groups) == [1.0, 100.0]
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for group in optimizer.param_groups:  # as the trainer sets it each step
-        group["lr"] = learning_rate(config, 0) * group["lr_mult"]
+    set_learning_rate(optimizer, learning_rate(config, 0))
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     optimizer.step()

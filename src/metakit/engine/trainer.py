@@ -76,7 +76,7 @@ def stop_on_interrupt() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def param_groups(model: torch.nn.Module, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
+def lr_mult_groups(model: torch.nn.Module, lr_mult: dict[str, float]) -> list[dict[str, Any]]:
     """One optimizer group per `lr_mult` prefix (the longest matching prefix wins), plus one
     group at multiplier 1 for the other parameters; each group carries its `lr_mult`."""
     named = list(model.named_parameters())
@@ -96,10 +96,17 @@ def param_groups(model: torch.nn.Module, lr_mult: dict[str, float]) -> list[dict
 
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = config.train
-    groups = param_groups(model, t.lr_mult)
+    groups = lr_mult_groups(model, t.lr_mult)
     if t.optimizer == "adam":
         return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at `lr` times its `lr_mult` (groups of checkpoints from before `lr_mult`
+    have none: multiplier 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -202,8 +209,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         while step < t.episodes and seconds < budget:
             tic = time.perf_counter()
             lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
+            set_learning_rate(optimizer, lr)
             if t.meta_batch == 1:
                 batch = sampler.sample(step)
             else:
