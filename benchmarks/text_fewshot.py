@@ -16,6 +16,8 @@ accuracy over episodes with a 95% CI):
   `zeroshot-clinc150-*` recipes; 5-way and 10-way.
 - `fewrel`: FewRel 1.0 val_wiki (16 relations x 700), frozen encoder + nearest centroid, 5-way
   1-shot and 5-shot, for each pooling (mean, markers, entity).
+  `fewrel-finetune`: the `protonet-fewrel-finetune-*` recipes (ProtoNet fine-tuning of the top
+  encoder layers with entity pooling on the other FewRel domains, never on a val_wiki relation).
 - `throughput`: sentences/s of `SentenceTransformer.encode` (batch 32) and of metakit's `encode`
   (length-sorted batches of 64) on the same distinct CLINC150 utterances, timed alternately on
   the same machine; and the episodic workload of an evaluation (`--episodes` 5-way 1-shot
@@ -24,6 +26,7 @@ accuracy over episodes with a 95% CI):
 
     python benchmarks/text_fewshot.py --parts clinc-frozen,zeroshot,fewrel,throughput
     python benchmarks/text_fewshot.py --parts clinc-head,clinc-finetune
+    python benchmarks/text_fewshot.py --parts fewrel-finetune
 """
 
 from __future__ import annotations
@@ -257,6 +260,12 @@ def main() -> None:
         ),
         "zeroshot": lambda: zeroshot(args.out, args.episodes),
         "fewrel": lambda: fewrel(args.episodes),
+        "fewrel-finetune": lambda: trained(
+            [f"protonet-fewrel-finetune-5w{k}s" for k in (1, 5)],
+            {f"protonet-fewrel-finetune-5w{k}s": f"fewrel 5w{k}s" for k in (1, 5)},
+            args.out,
+            args.episodes,
+        ),
         "throughput": lambda: throughput(args.texts, args.episodes),
     }
     chosen = args.parts.split(",")

@@ -89,3 +89,22 @@ def test_clinc150_dataset_splits_and_name_metadata(monkeypatch):
     assert len(embedded[-1]) == 100 and all(": " in t and "_" not in t for t in embedded[-1])
     with pytest.raises(DataError, match="support must be"):
         td.clinc150_embeddings(download=False, support="pictures")
+
+
+@needs_fewrel
+def test_fewrel_training_relations_never_include_a_test_relation():
+    from metakit.text.datasets import fewrel_training
+
+    parts = fewrel_training("wiki", markers=True, download=False, val_relations=8, seed=0)
+    test = set(fewrel("wiki", download=False).class_names)
+    relation = {s: {n.rsplit("/", 1)[-1] for n in d.class_names} for s, d in parts.items()}
+    # nyt's 25 minus the 8 Wikidata relations val_wiki shares, pubmed's 10, semeval's 17
+    assert (len(relation["train"]), len(relation["val"]), len(relation["trainval"])) == (36, 8, 44)
+    assert not relation["trainval"] & test and len(test & {"P413", "P463", "P921"}) == 3
+    assert not relation["train"] & relation["val"]
+    assert relation["train"] | relation["val"] == relation["trainval"]
+    assert len(parts["trainval"].texts) == 2500 - 800 + 1000 + 8851
+    again = fewrel_training("wiki", markers=True, download=False, val_relations=8, seed=0)
+    assert again["val"].class_names == parts["val"].class_names
+    with pytest.raises(DataError, match="val_relations"):
+        fewrel_training("wiki", markers=True, download=False, val_relations=40, seed=0)

@@ -84,3 +84,26 @@ def test_entity_pooling_concatenates_sentence_head_and_tail():
     sentence = encode(["Paris is the capital of France ."])  # the markers are not encoded
     assert torch.allclose(z[0, :384] * 3**0.5, sentence[0], atol=1e-4)
     assert not torch.allclose(z[0, 384:768], z[0, 768:], atol=1e-2)  # head differs from tail
+
+
+def test_minilm_entity_top_on_token_states_reproduces_entity_pooling(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path))
+    from metakit.errors import ConfigError
+    from metakit.models import create_backbone
+    from metakit.text.encoder import embed_tokens
+
+    texts = [
+        "[E1] Paris [/E1] is the capital of [E2] France [/E2] .",
+        "the river [E2] Seine [/E2] flows through [E1] the city of Paris [/E1] in the north",
+    ]
+    states = embed_tokens(texts, layer=3, entity=True)  # 384 state channels + head, tail flags
+    assert states.shape[2] == 386 and states[0, :, 384:].sum(0).tolist() == [1.0, 1.0]
+    top = create_backbone("minilm", in_features=386, start_layer=3, pool="entity").eval()
+    with torch.no_grad():
+        z = top.embed(states)
+    assert z.shape == (2, 3 * 384) and top.out_dim == 3 * 384
+    assert torch.allclose(z, encode(texts, pool="entity"), atol=3e-3)  # float16 cache
+    with pytest.raises(ConfigError, match="mention channels"):
+        top.embed(states[..., :384])
+    with pytest.raises(ConfigError, match="386-wide"):
+        create_backbone("minilm", start_layer=3, pool="entity")

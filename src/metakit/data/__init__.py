@@ -59,10 +59,17 @@ def _clinc150(  # type: ignore[no-untyped-def]
 
 
 @DATASETS.register("fewrel")
-def _fewrel(domain: str = "wiki", pool: str = "entity", download: bool = True):  # type: ignore[no-untyped-def]
+def _fewrel(  # type: ignore[no-untyped-def]
+    domain: str = "wiki",
+    pool: str = "entity",
+    download: bool = True,
+    layer: int | None = None,
+    val_relations: int = 8,
+    seed: int = 0,
+):
     from metakit.text.datasets import fewrel_embeddings
 
-    return fewrel_embeddings(domain, pool, download)  # type: ignore[arg-type]
+    return fewrel_embeddings(domain, pool, download, layer, val_relations, seed)  # type: ignore[arg-type]
 
 
 @DATASETS.register("sinusoid")

@@ -4,7 +4,9 @@ Its input is a text's token states after the frozen bottom layers (`[N, tokens, 
 rows as padding), as cached by the text datasets with `layer: k`; it runs the pretrained layers
 `k..5` and mean-pools and L2-normalises like the sentence encoder, so before any training it
 reproduces the frozen encoder's embeddings. Fine-tuning only the top layers on cached states
-is what makes few-shot text training affordable on a CPU.
+is what makes few-shot text training affordable on a CPU. With `pool: entity` (relation
+classification) the input carries two more channels flagging the head and tail mention tokens,
+and the output is the encoder's entity pooling: sentence, head and tail means concatenated.
 """
 
 from __future__ import annotations
@@ -19,22 +21,35 @@ from metakit.models.backbone import Backbone
 
 
 class EncoderTop(Backbone):
-    """Transformer layers as blocks (so `freeze: N` works), masked mean pooling on top."""
+    """Transformer layers as blocks (so `freeze: N` works), masked pooling on top."""
+
+    def __init__(self, blocks: list[torch.nn.Module], dim: int, entity: bool = False) -> None:
+        from metakit.text.encoder import MENTION_CHANNELS
+
+        super().__init__(blocks, out_dim=3 * dim if entity else dim)
+        self.dim, self.entity = dim, entity
+        self.in_dim = dim + MENTION_CHANNELS if entity else dim
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.out_dim:
+        from metakit.text.encoder import pool_tokens
+
+        if x.dim() != 3 or x.shape[-1] != self.in_dim:
+            what = "with the 2 mention channels of `pool: entity`" if self.entity else ""
             raise ConfigError(
-                f"minilm takes token states [N, tokens, {self.out_dim}] (a text dataset with "
-                f"`layer` set), got {list(x.shape)}"
+                f"minilm takes token states [N, tokens, {self.in_dim}] (a text dataset with "
+                f"`layer` set{', ' + what if what else ''}), got {list(x.shape)}"
             )
         x = x.float()
+        x, mentions = x[..., : self.dim], x[..., self.dim :].transpose(1, 2)
         mask = x.abs().amax(-1) > 0  # padding rows are exactly zero
         longest = int(mask.sum(1).max())  # padding sits at the end: drop all-padding columns
-        x, mask = x[:, :longest], mask[:, :longest]
+        x, mask, mentions = x[:, :longest], mask[:, :longest], mentions[..., :longest]
         additive = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
         for layer in self.features:
             out = layer(x, attention_mask=additive)
             x = out[0] if isinstance(out, tuple) else out
+        if self.entity:
+            return pool_tokens(x, torch.cat([mask.unsqueeze(1).float(), mentions], 1), mask)
         m = mask.unsqueeze(-1).to(x.dtype)
         return F.normalize((x * m).sum(1) / m.sum(1).clamp_min(1), dim=-1)
 
@@ -42,12 +57,21 @@ class EncoderTop(Backbone):
         return self.embed(x)
 
 
-def minilm(in_features: int = 384, start_layer: int = 4, num_classes: int = 0) -> EncoderTop:
-    """Layers `start_layer..5` of the pretrained encoder (needs `metakit[text]`)."""
-    from metakit.text.encoder import DIM, load_encoder
+def minilm(
+    in_features: int = 384, start_layer: int = 4, num_classes: int = 0, pool: str = "mean"
+) -> EncoderTop:
+    """Layers `start_layer..5` of the pretrained encoder (needs `metakit[text]`); `pool` is
+    `mean` (sentences) or `entity` (relation mentions, 1152-d output)."""
+    from metakit.text.encoder import DIM, MENTION_CHANNELS, load_encoder
 
-    if in_features != DIM:
-        raise ConfigError(f"minilm works on {DIM}-d token states, got in_features={in_features}")
+    if pool not in ("mean", "entity"):
+        raise ConfigError(f"minilm pool must be 'mean' or 'entity', got {pool!r}")
+    width = DIM + MENTION_CHANNELS if pool == "entity" else DIM
+    if in_features != width:
+        raise ConfigError(
+            f"minilm with pool {pool!r} works on {width}-wide token states, got "
+            f"in_features={in_features}"
+        )
     _, model = load_encoder(False)
     layers = model.encoder.layer
     if not 0 <= start_layer < len(layers):
@@ -55,4 +79,7 @@ def minilm(in_features: int = 384, start_layer: int = 4, num_classes: int = 0) -
     blocks = [copy.deepcopy(layer).train() for layer in layers[start_layer:]]
     for block in blocks:
         block.requires_grad_(True)
-    return EncoderTop(blocks, out_dim=DIM, num_classes=num_classes)
+    top = EncoderTop(blocks, DIM, entity=pool == "entity")
+    if num_classes:
+        top.head = torch.nn.Linear(top.out_dim, num_classes)
+    return top

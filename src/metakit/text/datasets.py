@@ -7,12 +7,21 @@ present, relabelled, for meta-training that never sees the test domain.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from metakit.data.dataset import ClassDataset, SplitDataset
 from metakit.data.text import FEWREL, TextDataset, clinc150, clinc150_descriptions, fewrel
 from metakit.errors import DataError
-from metakit.text.encoder import DIM, Pool, dim_of, embed_texts, embedding_split
+from metakit.text.encoder import (
+    DIM,
+    MENTION_CHANNELS,
+    Pool,
+    dim_of,
+    embed_texts,
+    embedding_split,
+)
 
 
 def clinc150_embeddings(
@@ -71,34 +80,81 @@ def pooled(parts: list[TextDataset], name: str) -> TextDataset:
 
 
 def fewrel_embeddings(
-    domain: str = "wiki", pool: Pool = "entity", download: bool = False
+    domain: str = "wiki",
+    pool: Pool = "entity",
+    download: bool = False,
+    layer: int | None = None,
+    val_relations: int = 8,
+    seed: int = 0,
 ) -> SplitDataset:
-    """`pool`: `entity` (sentence, head and tail means), `markers` or `mean`; see `encode`."""
+    """`pool`: `entity` (sentence, head and tail means), `markers` or `mean`; see `encode`.
+    With `layer: k`, examples are token states after k encoder layers (plus mention channels
+    for `entity`), for fine-tuning the layers above (`minilm` with the same pool).
+
+    `test` is the `domain`'s file. `train` and `val` (a seeded split, `val_relations` for
+    checkpoint choice) pool the other domains present, without their relations that also occur
+    in `domain` (val_nyt shares 8 Wikidata relations with val_wiki), so meta-training never
+    sees a test relation; `trainval` is both."""
     if pool not in ("mean", "markers", "entity"):
         raise DataError(f"fewrel pool must be 'mean', 'markers' or 'entity', got {pool!r}")
     markers = pool != "mean"
     if domain not in FEWREL:
         raise DataError(f"unknown FewRel domain {domain!r}; use one of {', '.join(FEWREL)}")
+    if layer is not None and pool == "markers":
+        raise DataError("fewrel token states (`layer`) need pool 'entity' or 'mean'")
+    cache: dict[str, dict[str, TextDataset]] = {}
+    width = dim_of(pool) if layer is None else DIM + MENTION_CHANNELS * (pool == "entity")
 
     def test() -> ClassDataset:
-        return embedding_split(fewrel(domain, markers, download), pool)
+        return embedding_split(fewrel(domain, markers, download), pool, layer)
 
-    def train() -> ClassDataset:
-        others = []
-        for other in FEWREL:
-            if other == domain:
-                continue
-            try:
-                others.append(fewrel(other, markers, download))
-            except DataError:
-                continue  # a domain that is not present locally
-        if not others:
-            raise DataError(f"no FewRel domain other than {domain!r} is present to train on")
-        return embedding_split(pooled(others, f"fewrel/not-{domain}"), pool)
+    def parts() -> dict[str, TextDataset]:
+        if "parts" not in cache:
+            cache["parts"] = fewrel_training(domain, markers, download, val_relations, seed)
+        return cache["parts"]
 
     return SplitDataset(
         name=f"fewrel({domain})",
         preprocess=None,
-        builders={"train": train, "test": test},
-        features=dim_of(pool),
+        builders={
+            s: (lambda s=s: embedding_split(parts()[s], pool, layer))
+            for s in ("train", "val", "trainval")
+        }
+        | {"test": test},
+        features=width,
+        input_options={} if layer is None else {"start_layer": layer, "pool": pool},
     )
+
+
+def fewrel_training(
+    domain: str, markers: bool, download: bool, val_relations: int, seed: int
+) -> dict[str, TextDataset]:
+    """The FewRel domains other than `domain`, pooled, minus `domain`'s relations, split by
+    relation (seeded) into `train` and `val`."""
+    held_out = set(fewrel(domain, markers, download).class_names)
+    others = []
+    for other in FEWREL:
+        if other == domain:
+            continue
+        try:
+            others.append(fewrel(other, markers, download))
+        except DataError:
+            continue  # a domain that is not present locally
+    if not others:
+        raise DataError(f"no FewRel domain other than {domain!r} is present to train on")
+    pool = pooled(others, f"fewrel/not-{domain}")
+    keep = [i for i, n in enumerate(pool.class_names) if n.rsplit("/", 1)[-1] not in held_out]
+    if not 0 <= val_relations <= len(keep) - 5:
+        raise DataError(
+            f"fewrel val_relations must lie in 0..{len(keep) - 5} (training keeps at least 5 of "
+            f"the {len(keep)} relations outside {domain!r}), got {val_relations}"
+        )
+    order = list(keep)
+    random.Random(seed).shuffle(order)
+    val, train = sorted(order[:val_relations]), sorted(order[val_relations:])
+    name = f"fewrel/not-{domain}"
+    return {
+        "train": pool.subset(train, f"{name}/train"),
+        "val": pool.subset(val, f"{name}/val"),
+        "trainval": pool.subset(sorted(keep), name),
+    }

@@ -27,6 +27,7 @@ Pool = Literal["mean", "markers", "entity"]
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
+MENTION_CHANNELS = 2  # head and tail indicators beside token states (`entity`)
 
 
 class TextExtraMissing(MetakitError):
@@ -78,6 +79,36 @@ def split_entities(text: str) -> tuple[list[str], list[int], list[int]]:
     return words, spans["[E1]"], spans["[E2]"]
 
 
+def tokenize(
+    tokenizer: Any, texts: list[str], entity: bool, max_length: int
+) -> tuple[Any, torch.Tensor | None]:
+    """A padded batch; with `entity` the marked texts lose their markers and the head and tail
+    mention tokens come back as indicators `[B, 2, T]`."""
+    if not entity:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")  # fmt: skip
+        return batch, None
+    parts = [split_entities(t) for t in texts]
+    batch = tokenizer([w for w, _, _ in parts], is_split_into_words=True, padding=True,
+                      truncation=True, max_length=max_length, return_tensors="pt")  # fmt: skip
+    spans = [
+        [[w is not None and w in mention for w in batch.word_ids(j)] for mention in p[1:]]
+        for j, p in enumerate(parts)
+    ]
+    return batch, torch.tensor(spans).float()
+
+
+def pool_tokens(hidden: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Weighted means of token states `[B, T, D]` under `weights` `[B, K, T]`, each made unit
+    length, concatenated and scaled so the whole is unit length `[B, K * D]`. A part with no
+    tokens (a mention lost to truncation) falls back to the mean over `mask`."""
+    mask = mask.to(hidden.dtype).unsqueeze(1)
+    weights = weights.to(hidden.dtype)
+    weights = torch.where(weights.sum(-1, keepdim=True) == 0, mask, weights)
+    pooled = torch.einsum("bkt,btd->bkd", weights, hidden) / weights.sum(-1, keepdim=True)
+    return F.normalize(pooled, dim=-1).flatten(1) / weights.shape[1] ** 0.5
+
+
 def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
     """Indices of `texts` in batches of similar length, so each batch pads little."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -108,43 +139,30 @@ def encode(
     out = torch.empty(len(texts), dim_of(pool))
     marker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"]))
     for idx in length_sorted_batches(texts, batch_size):
-        if pool == "entity":
-            parts = [split_entities(texts[i]) for i in idx]
-            batch = tokenizer([w for w, _, _ in parts], is_split_into_words=True,
-                              padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")  # fmt: skip
-        else:
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")  # fmt: skip
+        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], pool == "entity", max_length)
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].float()
         if pool == "markers":
-            weights = torch.isin(batch["input_ids"], marker_ids).float()
-        elif pool == "entity":
-            spans = [
-                [[w is not None and w in mention for w in batch.word_ids(j)] for mention in p[1:]]
-                for j, p in enumerate(parts)
-            ]  # [B, 2, T]: tokens of the head and tail mentions
-            weights = torch.cat([mask.unsqueeze(1), torch.tensor(spans).float()], 1)  # [B, 3, T]
+            weights = torch.isin(batch["input_ids"], marker_ids).float().unsqueeze(1)
+        elif mentions is not None:
+            weights = torch.cat([mask.unsqueeze(1), mentions], 1)  # [B, 3, T]
         else:
-            weights = mask
-        if weights.dim() == 2:
-            weights = weights.unsqueeze(1)
-        # a truncated sentence may lose a mention: fall back to the mean of all its tokens
-        missing = weights.sum(-1, keepdim=True) == 0
-        weights = torch.where(missing, mask.unsqueeze(1), weights)
-        pooled = torch.einsum("bkt,btd->bkd", weights, hidden) / weights.sum(-1, keepdim=True)
-        pooled = F.normalize(pooled, dim=-1).flatten(1) / weights.shape[1] ** 0.5
-        out[idx] = pooled
+            weights = mask.unsqueeze(1)
+        out[idx] = pool_tokens(hidden, weights, mask)
     return out
 
 
 @torch.no_grad()
 def token_states(
-    texts: Sequence[str], layer: int, batch_size: int = 64, max_length: int = 128
+    texts: Sequence[str],
+    layer: int,
+    batch_size: int = 64,
+    max_length: int = 128,
+    entity: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each text's token states after the first `layer` transformer layers (0: the token
     embeddings), unpadded: flat `[tokens, 384]` in the order of `texts`, and lengths `[N]`.
+    With `entity` (marked texts), two more channels flag the head and tail mention tokens.
 
     Fine-tuning the layers above `layer` then needs only these states, so the frozen bottom of
     the encoder runs once per dataset instead of once per episode."""
@@ -153,29 +171,33 @@ def token_states(
         raise MetakitError(f"layer must lie in 0..{len(model.encoder.layer) - 1}, got {layer}")
     rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for idx in length_sorted_batches(texts, batch_size):
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")  # fmt: skip
+        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], entity, max_length)
         hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
+        if mentions is not None:
+            hidden = torch.cat([hidden, mentions.transpose(1, 2)], -1)
         for j, i in enumerate(idx):
             rows[i] = hidden[j][batch["attention_mask"][j].bool()]
     lengths = torch.tensor([len(r) for r in rows])
     return torch.cat(rows), lengths
 
 
-def embed_tokens(texts: Sequence[str], layer: int) -> torch.Tensor:
-    """`token_states` as one zero-padded float16 tensor `[N, max_len, 384]`, cached.
+def embed_tokens(texts: Sequence[str], layer: int, entity: bool = False) -> torch.Tensor:
+    """`token_states` as one zero-padded float16 tensor `[N, max_len, 384]` (`+ 2` mention
+    channels with `entity`), cached.
 
     Padding rows are exactly zero (real token states never are, after LayerNorm), which is how
     the `minilm` backbone recovers the attention mask."""
     digest = digest_of(texts)
+    width = DIM + MENTION_CHANNELS if entity else DIM
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        flat, lengths = token_states(texts, layer)
+        flat, lengths = token_states(texts, layer, entity=entity)
         return {"states": flat.half(), "lengths": lengths}, {"count": len(texts)}
 
-    tensors, _ = cached_tensors(f"tokens-{MODEL_NAME}-layer{layer}-{digest}", digest, build)
+    kind = "-entity" if entity else ""
+    tensors, _ = cached_tensors(f"tokens-{MODEL_NAME}-layer{layer}{kind}-{digest}", digest, build)
     lengths = tensors["lengths"]
-    padded = torch.zeros(len(lengths), int(lengths.max()), DIM, dtype=torch.float16)
+    padded = torch.zeros(len(lengths), int(lengths.max()), width, dtype=torch.float16)
     mask = torch.arange(padded.shape[1]) < lengths.unsqueeze(1)
     padded[mask] = tensors["states"]
     return padded
@@ -195,8 +217,14 @@ def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64)
 
 def embedding_split(data: Any, pool: Pool = "mean", layer: int | None = None) -> Any:
     """A `TextDataset` as a `ClassDataset` of its cached sentence embeddings, or with `layer`,
-    of its token states after that many layers (for fine-tuning the rest)."""
+    of its token states after that many layers (for fine-tuning the rest; `entity` pooling
+    adds the mention channels)."""
     from metakit.data.dataset import ClassDataset
 
-    x = embed_texts(data.texts, pool) if layer is None else embed_tokens(data.texts, layer)
+    if layer is None:
+        x = embed_texts(data.texts, pool)
+    elif pool == "markers":
+        raise MetakitError("token states (`layer`) work with `mean` or `entity` pooling")
+    else:
+        x = embed_tokens(data.texts, layer, entity=pool == "entity")
     return ClassDataset(x, data.labels, data.class_names, data.name)
