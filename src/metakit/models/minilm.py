@@ -24,11 +24,11 @@ class EncoderTop(Backbone):
     """Transformer layers as blocks (so `freeze: N` works), masked pooling on top."""
 
     def __init__(self, blocks: list[torch.nn.Module], dim: int, entity: bool = False) -> None:
-        from metakit.text.encoder import MENTION_CHANNELS
+        from metakit.text.encoder import states_width
 
         super().__init__(blocks, out_dim=3 * dim if entity else dim)
         self.dim, self.entity = dim, entity
-        self.in_dim = dim + MENTION_CHANNELS if entity else dim
+        self.in_dim = states_width(entity)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         from metakit.text.encoder import pool_tokens
@@ -62,11 +62,11 @@ def minilm(
 ) -> EncoderTop:
     """Layers `start_layer..5` of the pretrained encoder (needs `metakit[text]`); `pool` is
     `mean` (sentences) or `entity` (relation mentions, 1152-d output)."""
-    from metakit.text.encoder import DIM, MENTION_CHANNELS, load_encoder
+    from metakit.text.encoder import DIM, load_encoder, states_width
 
     if pool not in ("mean", "entity"):
         raise ConfigError(f"minilm pool must be 'mean' or 'entity', got {pool!r}")
-    width = DIM + MENTION_CHANNELS if pool == "entity" else DIM
+    width = states_width(pool == "entity")
     if in_features != width:
         raise ConfigError(
             f"minilm with pool {pool!r} works on {width}-wide token states, got "

@@ -1,8 +1,9 @@
 """Text datasets as episode sources over frozen-encoder embeddings (computed once, cached).
 
 `clinc150`: a seeded split of the 150 intents into train / val / test intents.
-`fewrel`: `test` is one FewRel val domain (default wiki); `train` pools the other domains
-present, relabelled, for meta-training that never sees the test domain.
+`fewrel`: `test` is one FewRel val domain (default wiki); `train` / `val` are a seeded relation
+split of the other domains present, without the test domain's relations, for meta-training
+that never sees a test relation.
 """
 
 from __future__ import annotations
@@ -14,14 +15,7 @@ import torch
 from metakit.data.dataset import ClassDataset, SplitDataset
 from metakit.data.text import FEWREL, TextDataset, clinc150, clinc150_descriptions, fewrel
 from metakit.errors import DataError
-from metakit.text.encoder import (
-    DIM,
-    MENTION_CHANNELS,
-    Pool,
-    dim_of,
-    embed_texts,
-    embedding_split,
-)
+from metakit.text.encoder import DIM, Pool, dim_of, embed_texts, embedding_split, states_width
 
 
 def clinc150_embeddings(
@@ -103,7 +97,7 @@ def fewrel_embeddings(
     if layer is not None and pool == "markers":
         raise DataError("fewrel token states (`layer`) need pool 'entity' or 'mean'")
     cache: dict[str, dict[str, TextDataset]] = {}
-    width = dim_of(pool) if layer is None else DIM + MENTION_CHANNELS * (pool == "entity")
+    width = dim_of(pool) if layer is None else states_width(pool == "entity")
 
     def test() -> ClassDataset:
         return embedding_split(fewrel(domain, markers, download), pool, layer)

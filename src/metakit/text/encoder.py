@@ -121,6 +121,11 @@ def digest_of(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
 
 
+def states_width(entity: bool) -> int:
+    """Channels of cached token states: 384, plus the head/tail mention flags with `entity`."""
+    return DIM + MENTION_CHANNELS if entity else DIM
+
+
 def dim_of(pool: Pool) -> int:
     """Embedding width of a pooling: `entity` concatenates three 384-d parts."""
     return 3 * DIM if pool == "entity" else DIM
@@ -188,7 +193,7 @@ def embed_tokens(texts: Sequence[str], layer: int, entity: bool = False) -> torc
     Padding rows are exactly zero (real token states never are, after LayerNorm), which is how
     the `minilm` backbone recovers the attention mask."""
     digest = digest_of(texts)
-    width = DIM + MENTION_CHANNELS if entity else DIM
+    width = states_width(entity)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         flat, lengths = token_states(texts, layer, entity=entity)
