@@ -15,7 +15,7 @@ from metakit.algorithms.matching import MatchingNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.protonet import ProtoNet
 from metakit.algorithms.relation import RelationNet
-from metakit.algorithms.siamese import Siamese
+from metakit.algorithms.siamese import SHOTS_MEAN, Siamese
 from metakit.cli import app
 from metakit.config import Config
 from metakit.data import TaskSampler
@@ -125,6 +125,35 @@ def test_siamese_scores_are_class_mean_probabilities():
     assert torch.allclose(
         algo.same_logit(query[0], support[1]), algo.same_logit(support[1], query[0])
     )
+
+
+def test_siamese_shots_mean_variants_against_hand_computation():
+    torch.manual_seed(0)
+    support, support_y = torch.randn(5, 3), torch.tensor([0, 0, 1, 1, 1])
+    query = torch.randn(2, 3)
+    groups = [slice(0, 2), slice(2, 5)]
+    expected = {}
+    for mean in ("logit", "embedding"):
+        algo = Siamese(identity_backbone(3), shots_mean=mean)
+        with torch.no_grad():
+            algo.head[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
+            algo.head[0].bias.fill_(0.3)
+        logit = algo.same_logit(query[:, None], support[None])
+        expected["logit"] = torch.stack([torch.sigmoid(logit[:, g].mean(1)) for g in groups], 1)
+        expected["embedding"] = torch.stack(
+            [torch.sigmoid(algo.same_logit(query, support[g].mean(0))) for g in groups], 1
+        )
+        scores = algo.logits(algo.adapt(support, support_y), query)
+        assert torch.allclose(scores, expected[mean])
+    assert not torch.allclose(expected["logit"], expected["embedding"])
+    # with one shot per class, every way of averaging is the paper's rule
+    one = [Siamese(identity_backbone(3), shots_mean=m) for m in SHOTS_MEAN]
+    for algo in one[1:]:
+        algo.load_state_dict(one[0].state_dict())
+    single = [a.logits(a.adapt(support[1:3], torch.tensor([0, 1])), query) for a in one]
+    assert all(torch.allclose(single[0], s) for s in single[1:])
+    with pytest.raises(ConfigError, match="shots_mean"):
+        Siamese(identity_backbone(3), shots_mean="median")
 
 
 def test_siamese_zero_shots_and_fce_elsewhere_are_clear_errors():
