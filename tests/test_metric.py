@@ -15,7 +15,7 @@ from metakit.algorithms.matching import MatchingNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.protonet import ProtoNet
 from metakit.algorithms.relation import RelationNet
-from metakit.algorithms.siamese import SHOTS_MEAN, Siamese
+from metakit.algorithms.siamese import TEST_SHOTS_MEAN, Siamese
 from metakit.cli import app
 from metakit.config import Config
 from metakit.data import TaskSampler
@@ -127,14 +127,14 @@ def test_siamese_scores_are_class_mean_probabilities():
     )
 
 
-def test_siamese_shots_mean_variants_against_hand_computation():
+def test_siamese_test_shots_mean_variants_against_hand_computation():
     torch.manual_seed(0)
     support, support_y = torch.randn(5, 3), torch.tensor([0, 0, 1, 1, 1])
     query = torch.randn(2, 3)
     groups = [slice(0, 2), slice(2, 5)]
     expected = {}
     for mean in ("logit", "embedding"):
-        algo = Siamese(identity_backbone(3), shots_mean=mean)
+        algo = Siamese(identity_backbone(3), test_shots_mean=mean)
         with torch.no_grad():
             algo.head[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
             algo.head[0].bias.fill_(0.3)
@@ -147,13 +147,13 @@ def test_siamese_shots_mean_variants_against_hand_computation():
         assert torch.allclose(scores, expected[mean])
     assert not torch.allclose(expected["logit"], expected["embedding"])
     # with one shot per class, every way of averaging is the paper's rule
-    one = [Siamese(identity_backbone(3), shots_mean=m) for m in SHOTS_MEAN]
+    one = [Siamese(identity_backbone(3), test_shots_mean=m) for m in TEST_SHOTS_MEAN]
     for algo in one[1:]:
         algo.load_state_dict(one[0].state_dict())
     single = [a.logits(a.adapt(support[1:3], torch.tensor([0, 1])), query) for a in one]
     assert all(torch.allclose(single[0], s) for s in single[1:])
-    with pytest.raises(ConfigError, match="shots_mean"):
-        Siamese(identity_backbone(3), shots_mean="median")
+    with pytest.raises(ConfigError, match="test_shots_mean"):
+        Siamese(identity_backbone(3), test_shots_mean="median")
 
 
 def test_siamese_zero_shots_and_fce_elsewhere_are_clear_errors():

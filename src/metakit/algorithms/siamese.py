@@ -4,11 +4,11 @@ Twin embeddings with shared weights are compared by a weighted L1 distance: an M
 `|f(a) - f(b)|` whose first layer weighs each component, ending in a sigmoid that gives
 P(same class). Training uses balanced same/different pairs drawn from each training episode's
 examples with binary cross-entropy. An N-way K-shot query takes the class whose support
-examples have the highest mean same-class probability (`shots_mean: probability`, the paper's
-rule). With K > 1 two other ways of averaging per class are offered: the mean same-class logit
-(`logit`: a product of odds, so one confident match counts less than several agreeing ones),
-or one comparison with the class-mean embedding (`embedding`: a prototype, as ProtoNet
-does). With one shot all three are the same rule.
+examples have the highest mean same-class probability (`test_shots_mean: probability`, the
+paper's rule). With K > 1 two other per-class averages are offered, as test-time settings:
+the mean same-class logit (`logit`: the geometric mean of the odds), or one comparison with the
+class-mean embedding (`embedding`: a prototype, as in ProtoNet). With one shot all three are
+the same rule.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from metakit.data.pairs import balanced_pairs
 from metakit.errors import ConfigError, DataError
 from metakit.models.backbone import Backbone
 
-SHOTS_MEAN = ("probability", "logit", "embedding")
+TEST_SHOTS_MEAN = ("probability", "logit", "embedding")
 
 
 class Siamese(Algorithm):
     """`hidden: 0` is the paper's head (one weighted L1 layer → sigmoid); `hidden > 0` adds a
     hidden ReLU layer. `augment: true` applies Koch et al.'s affine distortions in training.
-    `shots_mean` says how K > 1 support examples of a class are averaged (module docstring)."""
+    `test_shots_mean` says how K > 1 support examples of a class are averaged (module docstring)."""
 
     name = "siamese"
 
@@ -39,16 +39,17 @@ class Siamese(Algorithm):
         backbone: Backbone,
         hidden: int = 0,
         augment: bool = False,
-        shots_mean: str = "probability",
+        test_shots_mean: str = "probability",
     ) -> None:
         super().__init__(backbone)
         if hidden < 0:
             raise ConfigError(f"siamese hidden must be 0 (no hidden layer) or more, got {hidden}")
-        if shots_mean not in SHOTS_MEAN:
+        if test_shots_mean not in TEST_SHOTS_MEAN:
             raise ConfigError(
-                f"siamese shots_mean must be one of {', '.join(SHOTS_MEAN)}, got {shots_mean!r}"
+                f"siamese test_shots_mean must be one of {', '.join(TEST_SHOTS_MEAN)}, "
+                f"got {test_shots_mean!r}"
             )
-        self.shots_mean = shots_mean
+        self.test_shots_mean = test_shots_mean
         dim = backbone.out_dim
         layers: list[nn.Module] = (
             [nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1)]
@@ -75,7 +76,7 @@ class Siamese(Algorithm):
     def logits(
         self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor
     ) -> torch.Tensor:
-        """Same-class probability `[Q, ways]` of each query with each class (`shots_mean`)."""
+        """Same-class probability `[Q, ways]` of each query with each class (`test_shots_mean`)."""
         support, support_y = state
         return self.score(self.backbone.embed(query_x), support, support_y)
 
@@ -85,11 +86,11 @@ class Siamese(Algorithm):
         ways = int(support_y.max()) + 1
         onehot = F.one_hot(support_y, ways).to(support.dtype)  # [S, ways]
         per_class = onehot / onehot.sum(0).clamp_min(1)  # averaging weights
-        if self.shots_mean == "embedding":
+        if self.test_shots_mean == "embedding":
             prototypes = per_class.T @ support  # [ways, D]
             return torch.sigmoid(self.same_logit(queries.unsqueeze(1), prototypes.unsqueeze(0)))
         logit = self.same_logit(queries.unsqueeze(1), support.unsqueeze(0))  # [Q, S]
-        if self.shots_mean == "logit":
+        if self.test_shots_mean == "logit":
             return torch.sigmoid(logit @ per_class)
         return torch.sigmoid(logit) @ per_class
 
