@@ -132,17 +132,19 @@ def test_siamese_test_shots_mean_variants_against_hand_computation():
     support, support_y = torch.randn(5, 3), torch.tensor([0, 0, 1, 1, 1])
     query = torch.randn(2, 3)
     groups = [slice(0, 2), slice(2, 5)]
-    expected = {}
-    for mean in ("logit", "embedding"):
-        algo = Siamese(identity_backbone(3), test_shots_mean=mean)
-        with torch.no_grad():
-            algo.head[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
-            algo.head[0].bias.fill_(0.3)
-        logit = algo.same_logit(query[:, None], support[None])
-        expected["logit"] = torch.stack([torch.sigmoid(logit[:, g].mean(1)) for g in groups], 1)
-        expected["embedding"] = torch.stack(
+    algo = Siamese(identity_backbone(3))
+    with torch.no_grad():
+        algo.head[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
+        algo.head[0].bias.fill_(0.3)
+    logit = algo.same_logit(query[:, None], support[None])
+    expected = {
+        "logit": torch.stack([torch.sigmoid(logit[:, g].mean(1)) for g in groups], 1),
+        "embedding": torch.stack(
             [torch.sigmoid(algo.same_logit(query, support[g].mean(0))) for g in groups], 1
-        )
+        ),
+    }
+    for mean in ("logit", "embedding"):
+        algo.test_shots_mean = mean
         scores = algo.logits(algo.adapt(support, support_y), query)
         assert torch.allclose(scores, expected[mean])
     assert not torch.allclose(expected["logit"], expected["embedding"])

@@ -13,6 +13,8 @@ the same rule.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,8 @@ from metakit.data.pairs import balanced_pairs
 from metakit.errors import ConfigError, DataError
 from metakit.models.backbone import Backbone
 
-TEST_SHOTS_MEAN = ("probability", "logit", "embedding")
+ShotsMean = Literal["probability", "logit", "embedding"]
+TEST_SHOTS_MEAN: tuple[ShotsMean, ...] = get_args(ShotsMean)
 
 
 class Siamese(Algorithm):
@@ -39,7 +42,7 @@ class Siamese(Algorithm):
         backbone: Backbone,
         hidden: int = 0,
         augment: bool = False,
-        test_shots_mean: str = "probability",
+        test_shots_mean: ShotsMean = "probability",
     ) -> None:
         super().__init__(backbone)
         if hidden < 0:
