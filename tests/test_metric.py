@@ -112,9 +112,9 @@ def test_balanced_pairs_need_two_examples_per_class():
         balanced_pairs(torch.tensor([0, 0, 1]))
 
 
-def test_siamese_scores_are_class_mean_probabilities():
+def test_siamese_paper_rule_scores_are_class_mean_probabilities():
     torch.manual_seed(0)
-    algo = Siamese(identity_backbone(3))
+    algo = Siamese(identity_backbone(3), test_shots_mean="probability")
     support, support_y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     query = torch.randn(2, 3)
     scores = algo.logits(algo.adapt(support, support_y), query)
@@ -133,6 +133,7 @@ def test_siamese_test_shots_mean_variants_against_hand_computation():
     query = torch.randn(2, 3)
     groups = [slice(0, 2), slice(2, 5)]
     algo = Siamese(identity_backbone(3))
+    assert algo.test_shots_mean == "embedding"  # the default, chosen on Omniglot val
     with torch.no_grad():
         algo.head[0].weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
         algo.head[0].bias.fill_(0.3)

