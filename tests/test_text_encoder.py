@@ -65,6 +65,10 @@ def test_minilm_top_on_cached_token_states_reproduces_the_encoder(tmp_path, monk
         # more padding changes nothing: the mask comes from the zero rows
         padded = torch.cat([states, torch.zeros(4, 5, 384, dtype=states.dtype)], 1)
         assert torch.allclose(top.embed(padded), z, atol=1e-6)
+        # length groups (here one sentence each) give each row its own embedding, in input order
+        top.group = 1
+        flip = torch.arange(3, -1, -1)
+        assert torch.allclose(top.embed(states[flip]), z[flip], atol=1e-5)
     assert torch.allclose(z, encode(SENTENCES), atol=2e-3)  # float16 cache, same embeddings
     assert len(top.features) == 2 and all(p.requires_grad for p in top.parameters())
 

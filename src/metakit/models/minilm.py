@@ -23,6 +23,8 @@ from metakit.models.backbone import Backbone
 class EncoderTop(Backbone):
     """Transformer layers as blocks (so `freeze: N` works), masked pooling on top."""
 
+    group = 8  # rows per length group: 8 was fastest of 8 / 12 / 16 / one batch (FewRel, 2 cores)
+
     def __init__(self, blocks: list[torch.nn.Module], dim: int, entity: bool = False) -> None:
         from metakit.text.encoder import states_width
 
@@ -31,8 +33,6 @@ class EncoderTop(Backbone):
         self.in_dim = states_width(entity)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        from metakit.text.encoder import pool_tokens
-
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             what = "with the 2 mention channels of `pool: entity`" if self.entity else ""
             raise ConfigError(
@@ -40,9 +40,20 @@ class EncoderTop(Backbone):
                 f"`layer` set{', ' + what if what else ''}), got {list(x.shape)}"
             )
         x = x.float()
+        lengths = (x[..., : self.dim].abs().amax(-1) > 0).sum(1)  # padding rows are exactly zero
+        order = lengths.argsort()
+        # Sentences vary a lot in length (FewRel: mean 34, episode max ~75 tokens), so running
+        # the layers on length-sorted groups, each cut to its own longest, skips most of the
+        # padding: 3.5x faster per training episode on 2 cores than one padded batch.
+        parts = [self._embed_group(x[idx]) for idx in order.split(self.group)]
+        return torch.cat(parts)[order.argsort()]
+
+    def _embed_group(self, x: torch.Tensor) -> torch.Tensor:
+        from metakit.text.encoder import pool_tokens
+
         x, mentions = x[..., : self.dim], x[..., self.dim :].transpose(1, 2)
-        mask = x.abs().amax(-1) > 0  # padding rows are exactly zero
-        longest = int(mask.sum(1).max())  # padding sits at the end: drop all-padding columns
+        mask = x.abs().amax(-1) > 0
+        longest = max(int(mask.sum(1).max()), 1)  # padding sits at the end: drop those columns
         x, mask, mentions = x[:, :longest], mask[:, :longest], mentions[..., :longest]
         additive = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
         for layer in self.features:
