@@ -121,6 +121,7 @@ def train_and_evaluate(
                     "recipe": recipe,
                     "method": result.get("method", result.get("algorithm")),
                     **({"norm": result["norm"]} if "norm" in result else {}),
+                    **({"eval_set": result["overrides"]} if result.get("overrides") else {}),
                     "accuracy": result["accuracy"],
                     "ci95": result["ci95"],
                     "published": published.get(recipe) if not extra else None,

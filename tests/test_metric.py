@@ -91,6 +91,31 @@ def test_relation_scores_shape_range_and_split_convolution():
     assert torch.allclose(probs.sum(-1), torch.ones(12, dtype=probs.dtype))
 
 
+def test_relation_test_bn_batch_normalises_each_episode_as_training_does():
+    torch.manual_seed(0)
+    backbone = create_backbone("conv4", image_size=28, hidden=8, pool=2)
+    algo = RelationNet(backbone, test_bn="batch").double()
+    ep = TaskSampler(synthetic_dataset(classes=6, per_class=6, size=28), 3, 1, 4, seed=0).sample(0)
+    support_x, query_x = ep.support_x.double(), ep.query_x.double()
+    images = torch.cat([support_x, query_x])
+    algo.train()
+    with torch.no_grad():
+        expected = algo.scores(images, ep.support_y)  # training mode: the batch's statistics
+    state = {k: v.clone() for k, v in algo.state_dict().items()}
+    algo.eval()
+    with torch.inference_mode():
+        scores = algo.logits(algo.adapt(support_x, ep.support_y), query_x)
+        classes = algo.class_maps(algo.backbone.feature_map(support_x), ep.support_y)
+        running = algo.relation.all_pairs(algo.backbone.feature_map(query_x), classes)
+    assert torch.allclose(scores, expected, atol=1e-10)
+    assert not torch.allclose(scores, running, atol=1e-3)  # running averages differ
+    assert not algo.training and all(not m.training for m in algo.modules())
+    for key, value in algo.state_dict().items():  # running averages untouched
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(ConfigError, match="test_bn"):
+        RelationNet(backbone, test_bn="transductive")
+
+
 def test_relation_refuses_a_backbone_without_a_feature_map():
     with pytest.raises(ConfigError, match="pool: 2"):
         RelationNet(create_backbone("conv4", image_size=28))

@@ -4,6 +4,12 @@ Each query feature map is concatenated with each class's feature map (the sum of
 feature maps when K > 1) along channels; a relation module of two conv blocks and two fully
 connected layers with a sigmoid scores the pair in [0, 1]. Training regresses the scores onto the
 one-hot class match with MSE, as in the paper.
+
+`test_bn` says how BatchNorm normalises at test time. "running" (the default) uses the running
+averages from training, so a query's scores depend only on the support set. "batch" normalises
+each test episode with its own statistics (support and queries together, as in training), as
+the paper's released code does by never leaving training mode: transductive, since a query's
+scores then depend on the other queries of its episode.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.algorithms.base import Algorithm, accuracy
+from metakit.algorithms.base import Algorithm, TaskState, accuracy
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError
 from metakit.models.backbone import Backbone
+from metakit.models.norm import batch_statistics
+
+TEST_BN = ("running", "batch")
 
 
 class RelationModule(nn.Module):
@@ -66,8 +75,13 @@ class RelationNet(Algorithm):
 
     name = "relation"
 
-    def __init__(self, backbone: Backbone, hidden: int = 8) -> None:
+    def __init__(self, backbone: Backbone, hidden: int = 8, test_bn: str = "running") -> None:
         super().__init__(backbone)
+        if test_bn not in TEST_BN:
+            raise ConfigError(
+                f"relation test_bn must be one of {', '.join(TEST_BN)}, got {test_bn!r}"
+            )
+        self.test_bn = test_bn
         shape = backbone.feature_shape
         if len(shape) != 3 or shape[1] < 4 or shape[2] < 4:
             raise ConfigError(
@@ -79,7 +93,9 @@ class RelationNet(Algorithm):
         channels, spatial = shape[0], min(shape[1], shape[2])
         self.relation = RelationModule(channels, spatial, hidden)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> TaskState:
+        if self.test_bn == "batch" and not self.training:
+            return support_x, support_y  # embedded with the queries, in one normalised batch
         return self.class_maps(self.backbone.feature_map(support_x), support_y)
 
     @staticmethod
@@ -90,16 +106,24 @@ class RelationNet(Algorithm):
             0, support_y, maps
         )
 
-    def logits(self, state: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def logits(self, state: TaskState, query_x: torch.Tensor) -> torch.Tensor:
         """Relation scores `[Q, ways]` in [0, 1] (higher means more alike)."""
+        if isinstance(state, tuple):  # test_bn "batch": the whole episode in one batch
+            support_x, support_y = state
+            with batch_statistics(self):
+                return self.scores(torch.cat([support_x, query_x]), support_y)
         return self.relation.all_pairs(self.backbone.feature_map(query_x), state)
+
+    def scores(self, images: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+        """Relation scores of the queries that follow the support images in `images`."""
+        n = support_y.shape[0]
+        maps = self.backbone.feature_map(images)
+        return self.relation.all_pairs(maps[n:], self.class_maps(maps[:n], support_y))
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def task_loss(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        n = episode.support_x.shape[0]
-        maps = self.backbone.feature_map(torch.cat([episode.support_x, episode.query_x]))
-        scores = self.relation.all_pairs(maps[n:], self.class_maps(maps[:n], episode.support_y))
+        scores = self.scores(torch.cat([episode.support_x, episode.query_x]), episode.support_y)
         target = F.one_hot(episode.query_y, scores.shape[1]).to(scores.dtype)
         return F.mse_loss(scores, target), accuracy(scores, episode.query_y)

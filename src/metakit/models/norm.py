@@ -88,3 +88,18 @@ def use_batch_statistics(module: nn.Module, mode: BNMode = "transductive") -> No
             m.running_mean = m.running_var = m.num_batches_tracked = None
             # same parameters, same state-dict keys
             m.__class__ = SupportBatchNorm if mode == "support" else BatchStatNorm
+
+
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Inside this block, every BatchNorm of `module` normalises with the statistics of the batch
+    it sees, even in eval mode, and leaves its running averages untouched."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False  # batch statistics, no update
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved, strict=True):
+            m.training, m.track_running_stats = training, track
