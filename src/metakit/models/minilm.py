@@ -40,19 +40,18 @@ class EncoderTop(Backbone):
                 f"`layer` set{', ' + what if what else ''}), got {list(x.shape)}"
             )
         x = x.float()
-        lengths = (x[..., : self.dim].abs().amax(-1) > 0).sum(1)  # padding rows are exactly zero
-        order = lengths.argsort()
+        mask = x[..., : self.dim].abs().amax(-1) > 0  # padding rows are exactly zero
+        order = mask.sum(1).argsort()
         # Sentences vary a lot in length (FewRel: mean 34, episode max ~75 tokens), so running
         # the layers on length-sorted groups, each cut to its own longest, skips most of the
         # padding: 3.5x faster per training episode on 2 cores than one padded batch.
-        parts = [self._embed_group(x[idx]) for idx in order.split(self.group)]
+        parts = [self._embed_group(x[idx], mask[idx]) for idx in order.split(self.group)]
         return torch.cat(parts)[order.argsort()]
 
-    def _embed_group(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed_group(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from metakit.text.encoder import pool_tokens
 
         x, mentions = x[..., : self.dim], x[..., self.dim :].transpose(1, 2)
-        mask = x.abs().amax(-1) > 0
         longest = max(int(mask.sum(1).max()), 1)  # padding sits at the end: drop those columns
         x, mask, mentions = x[:, :longest], mask[:, :longest], mentions[..., :longest]
         additive = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
