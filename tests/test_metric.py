@@ -1,5 +1,6 @@
 """Matching, Relation and Siamese networks, nearest-centroid evaluation, and their pieces."""
 
+import copy
 import json
 import math
 
@@ -89,6 +90,36 @@ def test_relation_scores_shape_range_and_split_convolution():
     assert torch.allclose(algo.relation(pairs).view(12, 4), scores, atol=1e-10)
     probs = algo.probabilities(scores)
     assert torch.allclose(probs.sum(-1), torch.ones(12, dtype=probs.dtype))
+
+
+def test_relation_all_pairs_equals_concatenated_pairs_in_training():
+    """The folded BatchNorm over the grid of pair sums gives the scores, gradients and
+    running averages that the plain module gives on the Q * W concatenated pairs."""
+    torch.manual_seed(0)
+    fast = RelationNet(create_backbone("conv4", image_size=28, hidden=8, pool=2)).double()
+    plain = copy.deepcopy(fast)
+    queries = torch.randn(6, 8, 7, 7, dtype=torch.float64) * 2 + 1
+    classes = torch.randn(3, 8, 7, 7, dtype=torch.float64) - 0.5
+    fast.train(), plain.train()
+    scores = fast.relation.all_pairs(queries, classes)
+    pairs = torch.cat(
+        [
+            classes.unsqueeze(0).expand(6, -1, -1, -1, -1),
+            queries.unsqueeze(1).expand(-1, 3, -1, -1, -1),
+        ],
+        dim=2,
+    ).flatten(0, 1)
+    expected = plain.relation(pairs).view(6, 3)
+    assert torch.allclose(scores, expected, atol=1e-10)
+    (scores * torch.arange(18.0, dtype=torch.float64).view(6, 3)).sum().backward()
+    (expected * torch.arange(18.0, dtype=torch.float64).view(6, 3)).sum().backward()
+    for (name, p), q in zip(
+        fast.relation.named_parameters(), plain.relation.parameters(), strict=True
+    ):
+        assert torch.allclose(p.grad, q.grad, atol=1e-9), name
+    for (name, b), c in zip(fast.relation.named_buffers(), plain.relation.buffers(), strict=True):
+        assert torch.allclose(b.double(), c.double(), atol=1e-12), name
+    assert not torch.equal(fast.relation.rest1[0].running_mean, torch.zeros(8, dtype=torch.float64))
 
 
 def test_relation_test_bn_batch_normalises_each_episode_as_training_does():
