@@ -15,7 +15,7 @@ accuracy over episodes with a 95% CI):
   untrained identity map (cosine to the embedded name) against the trained g of the
   `zeroshot-clinc150-*` recipes; 5-way and 10-way.
 - `fewrel`: FewRel 1.0 val_wiki (16 relations x 700), frozen encoder + nearest centroid, 5-way
-  1-shot and 5-shot, for each pooling (mean, markers, entity).
+  1-shot and 5-shot, for each pooling (mean, markers, entity, start).
   `fewrel-finetune`: the `protonet-fewrel-finetune-*` recipes (ProtoNet fine-tuning of the top
   encoder layers with entity pooling on the other FewRel domains, never on a val_wiki relation).
 - `throughput`: sentences/s of `SentenceTransformer.encode` (batch 32) and of metakit's `encode`
@@ -128,7 +128,7 @@ def zeroshot(out: Path, episodes: int) -> list[dict[str, Any]]:
 
 def fewrel(episodes: int) -> list[dict[str, Any]]:
     rows = []
-    for pool in ("mean", "markers", "entity"):
+    for pool in ("mean", "markers", "entity", "start"):
         data = DATASETS.build("fewrel", pool=pool)
         for shots in (1, 5):
             result = frozen(data, "l2", 5, shots, episodes)

@@ -62,6 +62,9 @@ def test_split_entities_strips_markers_and_finds_mentions():
     words, head, tail = split_entities(text)
     assert words == ["The", "Cape", "Bridge", "crosses", "the", "Mississippi"]
     assert head == [1, 2] and tail == [5]
+    words, head, tail = split_entities(text, start=True)  # punctuation marks, their indices
+    assert words == ["The", "@", "Cape", "Bridge", "@", "crosses", "the", "#", "Mississippi", "#"]
+    assert head == [1] and tail == [7]
 
 
 @needs_clinc

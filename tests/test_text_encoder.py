@@ -100,7 +100,7 @@ def test_minilm_entity_top_on_token_states_reproduces_entity_pooling(tmp_path, m
         "[E1] Paris [/E1] is the capital of [E2] France [/E2] .",
         "the river [E2] Seine [/E2] flows through [E1] the city of Paris [/E1] in the north",
     ]
-    states = embed_tokens(texts, layer=3, entity=True)  # 384 state channels + head, tail flags
+    states = embed_tokens(texts, layer=3, pool="entity")  # 384 state channels + head, tail flags
     assert states.shape[2] == 386 and states[0, :, 384:].sum(0).tolist() == [1.0, 1.0]
     top = create_backbone("minilm", in_features=386, start_layer=3, pool="entity").eval()
     with torch.no_grad():
@@ -111,3 +111,30 @@ def test_minilm_entity_top_on_token_states_reproduces_entity_pooling(tmp_path, m
         top.embed(states[..., :384])
     with pytest.raises(ConfigError, match="386-wide"):
         create_backbone("minilm", start_layer=3, pool="entity")
+
+
+def test_start_pooling_reads_the_states_at_the_opening_marks(tmp_path, monkeypatch):
+    """`start` encodes the punctuated sentence; its head and tail parts are the states of the
+    `@` and `#` tokens, which the `minilm` top reproduces from cached states."""
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path))
+    from metakit.models import create_backbone
+    from metakit.text.encoder import embed_tokens, load_encoder, tokenize
+
+    texts = ["[E1] Paris [/E1] is the capital of [E2] France [/E2] ."]
+    z = encode(texts, pool="start")
+    assert z.shape == (1, 3 * 384) and torch.allclose(z.norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert not torch.allclose(z, encode(texts, pool="entity"), atol=1e-2)
+    tokenizer, model = load_encoder(False)
+    batch, flags = tokenize(tokenizer, texts, "start", 128)
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert [tokens[int(i)] for i in flags[0].argmax(-1)] == ["@", "#"]
+    assert flags[0].sum(-1).tolist() == [1.0, 1.0] and tokens.count("@") == 2
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state[0]
+    head = torch.nn.functional.normalize(hidden[int(flags[0, 0].argmax())], dim=-1)
+    assert torch.allclose(z[0, 384:768] * 3**0.5, head, atol=1e-4)
+    states = embed_tokens(texts, layer=3, pool="start")
+    assert states.shape[2] == 386
+    top = create_backbone("minilm", in_features=386, start_layer=3, pool="start").eval()
+    with torch.no_grad():
+        assert torch.allclose(top.embed(states), z, atol=3e-3)  # float16 cache

@@ -30,11 +30,11 @@ class EncoderTop(Backbone):
 
         super().__init__(blocks, out_dim=3 * dim if entity else dim)
         self.dim, self.entity = dim, entity
-        self.in_dim = states_width(entity)
+        self.in_dim = states_width("entity" if entity else "mean")
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
-            what = "with the 2 mention channels of `pool: entity`" if self.entity else ""
+            what = "with the 2 mention channels of `pool: entity` or `start`" if self.entity else ""
             raise ConfigError(
                 f"minilm takes token states [N, tokens, {self.in_dim}] (a text dataset with "
                 f"`layer` set{', ' + what if what else ''}), got {list(x.shape)}"
@@ -71,12 +71,13 @@ def minilm(
     in_features: int = 384, start_layer: int = 4, num_classes: int = 0, pool: str = "mean"
 ) -> EncoderTop:
     """Layers `start_layer..5` of the pretrained encoder (needs `metakit[text]`); `pool` is
-    `mean` (sentences) or `entity` (relation mentions, 1152-d output)."""
+    `mean` (sentences), or `entity` / `start` (relations: sentence mean plus the head and tail
+    tokens flagged in the states' two extra channels, 1152-d output)."""
     from metakit.text.encoder import DIM, load_encoder, states_width
 
-    if pool not in ("mean", "entity"):
-        raise ConfigError(f"minilm pool must be 'mean' or 'entity', got {pool!r}")
-    width = states_width(pool == "entity")
+    if pool not in ("mean", "entity", "start"):
+        raise ConfigError(f"minilm pool must be 'mean', 'entity' or 'start', got {pool!r}")
+    width = states_width(pool)
     if in_features != width:
         raise ConfigError(
             f"minilm with pool {pool!r} works on {width}-wide token states, got "
@@ -89,7 +90,7 @@ def minilm(
     blocks = [copy.deepcopy(layer).train() for layer in layers[start_layer:]]
     for block in blocks:
         block.requires_grad_(True)
-    top = EncoderTop(blocks, DIM, entity=pool == "entity")
+    top = EncoderTop(blocks, DIM, entity=pool != "mean")
     if num_classes:
         top.head = torch.nn.Linear(top.out_dim, num_classes)
     return top

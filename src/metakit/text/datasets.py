@@ -81,23 +81,24 @@ def fewrel_embeddings(
     val_relations: int = 8,
     seed: int = 0,
 ) -> SplitDataset:
-    """`pool`: `entity` (sentence, head and tail means), `markers` or `mean`; see `encode`.
+    """`pool`: `entity` (sentence, head and tail means), `start` (sentence mean and the states
+    at punctuation marks opening the head and tail), `markers` or `mean`; see `encode`.
     With `layer: k`, examples are token states after k encoder layers (plus mention channels
-    for `entity`), for fine-tuning the layers above (`minilm` with the same pool).
+    for `entity` and `start`), for fine-tuning the layers above (`minilm` with the same pool).
 
     `test` is the `domain`'s file. `train` and `val` (a seeded split, `val_relations` for
     checkpoint choice) pool the other domains present, without their relations that also occur
     in `domain` (val_nyt shares 8 Wikidata relations with val_wiki), so meta-training never
     sees a test relation; `trainval` is both."""
-    if pool not in ("mean", "markers", "entity"):
-        raise DataError(f"fewrel pool must be 'mean', 'markers' or 'entity', got {pool!r}")
+    if pool not in ("mean", "markers", "entity", "start"):
+        raise DataError(f"fewrel pool must be 'mean', 'markers', 'entity' or 'start', got {pool!r}")
     markers = pool != "mean"
     if domain not in FEWREL:
         raise DataError(f"unknown FewRel domain {domain!r}; use one of {', '.join(FEWREL)}")
     if layer is not None and pool == "markers":
-        raise DataError("fewrel token states (`layer`) need pool 'entity' or 'mean'")
+        raise DataError("fewrel token states (`layer`) need pool 'entity', 'start' or 'mean'")
     cache: dict[str, dict[str, TextDataset]] = {}
-    width = dim_of(pool) if layer is None else states_width(pool == "entity")
+    width = dim_of(pool) if layer is None else states_width(pool)
 
     def test() -> ClassDataset:
         return embedding_split(fewrel(domain, markers, download), pool, layer)

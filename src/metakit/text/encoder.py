@@ -6,8 +6,11 @@ lengths (much less wasted attention than the input order), and the model runs wi
 autograd. Embeddings are mean-pooled over tokens and L2-normalised, as the
 model was trained. For relation classification there is entity-aware pooling of sentences
 with entity markers: `pool="entity"` adds the means over the head and tail mentions to the
-sentence mean, and `pool="markers"` averages the states of the marker tokens (`[E1]`, `[E2]`,
-added to the vocabulary untrained).
+sentence mean, `pool="markers"` averages the states of the marker tokens (`[E1]`, `[E2]`,
+added to the vocabulary untrained), and `pool="start"` writes the markers as punctuation the
+model knows (`@ head @`, `# tail #`, after Zhou & Chen 2022) and adds the states at the two
+opening marks to the sentence mean (the "entity start" representation of Soares et al. 2019,
+which a fine-tuned encoder learns to fill with the relation).
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ import torch.nn.functional as F
 from metakit.data.store import cached_tensors
 from metakit.errors import MetakitError
 
-Pool = Literal["mean", "markers", "entity"]
+Pool = Literal["mean", "markers", "entity", "start"]
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
-MENTION_CHANNELS = 2  # head and tail indicators beside token states (`entity`)
+MENTION_CHANNELS = 2  # head and tail indicators beside token states (`entity`, `start`)
+PUNCTUATION = {"[E1]": "@", "[/E1]": "@", "[E2]": "#", "[/E2]": "#"}  # `start` markers
+
+
+def has_mentions(pool: str) -> bool:
+    """Whether a pooling weighs head and tail tokens (flagged in two channels of cached states)."""
+    return pool in ("entity", "start")
 
 
 class TextExtraMissing(MetakitError):
@@ -61,14 +70,19 @@ def load_encoder(markers: bool = False) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def split_entities(text: str) -> tuple[list[str], list[int], list[int]]:
+def split_entities(text: str, start: bool = False) -> tuple[list[str], list[int], list[int]]:
     """Words of a marked sentence without its markers, and the word indices of the head
-    (`[E1] ... [/E1]`) and tail (`[E2] ... [/E2]`) mentions."""
+    (`[E1] ... [/E1]`) and tail (`[E2] ... [/E2]`) mentions; with `start`, the markers stay as
+    punctuation (`@ head @`, `# tail #`) and the indices are those of the two opening marks."""
     words: list[str] = []
     spans: dict[str, list[int]] = {"[E1]": [], "[E2]": []}
     inside: str | None = None
     for word in text.split():
-        if word in ("[E1]", "[E2]"):
+        if start and word in PUNCTUATION:
+            if word in spans:
+                spans[word].append(len(words))
+            words.append(PUNCTUATION[word])
+        elif word in ("[E1]", "[E2]"):
             inside = word
         elif word in ("[/E1]", "[/E2]"):
             inside = None
@@ -80,15 +94,16 @@ def split_entities(text: str) -> tuple[list[str], list[int], list[int]]:
 
 
 def tokenize(
-    tokenizer: Any, texts: list[str], entity: bool, max_length: int
+    tokenizer: Any, texts: list[str], pool: str, max_length: int
 ) -> tuple[Any, torch.Tensor | None]:
     """A padded batch; with `entity` the marked texts lose their markers and the head and tail
-    mention tokens come back as indicators `[B, 2, T]`."""
-    if not entity:
+    mention tokens come back as indicators `[B, 2, T]`; with `start` the markers become
+    punctuation and the indicators flag the two opening marks."""
+    if not has_mentions(pool):
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt")  # fmt: skip
         return batch, None
-    parts = [split_entities(t) for t in texts]
+    parts = [split_entities(t, start=pool == "start") for t in texts]
     batch = tokenizer([w for w, _, _ in parts], is_split_into_words=True, padding=True,
                       truncation=True, max_length=max_length, return_tensors="pt")  # fmt: skip
     spans = [
@@ -121,14 +136,14 @@ def digest_of(texts: Sequence[str]) -> str:
     return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
 
 
-def states_width(entity: bool) -> int:
-    """Channels of cached token states: 384, plus the head/tail mention flags with `entity`."""
-    return DIM + MENTION_CHANNELS if entity else DIM
+def states_width(pool: str) -> int:
+    """Channels of cached token states: 384, plus the head/tail flags with `entity`/`start`."""
+    return DIM + MENTION_CHANNELS if has_mentions(pool) else DIM
 
 
-def dim_of(pool: Pool) -> int:
-    """Embedding width of a pooling: `entity` concatenates three 384-d parts."""
-    return 3 * DIM if pool == "entity" else DIM
+def dim_of(pool: str) -> int:
+    """Embedding width of a pooling: `entity` and `start` concatenate three 384-d parts."""
+    return 3 * DIM if has_mentions(pool) else DIM
 
 
 @torch.no_grad()  # not inference_mode: callers train on the result (e.g. zero-shot maps)
@@ -139,12 +154,13 @@ def encode(
 
     `entity` (texts with entity markers): the mean over all tokens, the mean over the head
     mention's tokens and the mean over the tail's, each unit length, concatenated; the markers
-    themselves are removed, so the pretrained encoder sees the plain sentence."""
+    themselves are removed, so the pretrained encoder sees the plain sentence. `start`: the
+    sentence mean and the states at the opening `@` and `#` marks."""
     tokenizer, model = load_encoder(pool == "markers")
     out = torch.empty(len(texts), dim_of(pool))
     marker_ids = torch.tensor(tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"]))
     for idx in length_sorted_batches(texts, batch_size):
-        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], pool == "entity", max_length)
+        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], pool, max_length)
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].float()
         if pool == "markers":
@@ -163,11 +179,12 @@ def token_states(
     layer: int,
     batch_size: int = 64,
     max_length: int = 128,
-    entity: bool = False,
+    pool: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each text's token states after the first `layer` transformer layers (0: the token
     embeddings), unpadded: flat `[tokens, 384]` in the order of `texts`, and lengths `[N]`.
-    With `entity` (marked texts), two more channels flag the head and tail mention tokens.
+    With `entity` or `start` (marked texts), two more channels flag the head and tail tokens
+    that pooling weighs (see `tokenize`).
 
     Fine-tuning the layers above `layer` then needs only these states, so the frozen bottom of
     the encoder runs once per dataset instead of once per episode."""
@@ -176,7 +193,7 @@ def token_states(
         raise MetakitError(f"layer must lie in 0..{len(model.encoder.layer) - 1}, got {layer}")
     rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for idx in length_sorted_batches(texts, batch_size):
-        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], entity, max_length)
+        batch, mentions = tokenize(tokenizer, [texts[i] for i in idx], pool, max_length)
         hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
         if mentions is not None:
             hidden = torch.cat([hidden, mentions.transpose(1, 2)], -1)
@@ -186,20 +203,20 @@ def token_states(
     return torch.cat(rows), lengths
 
 
-def embed_tokens(texts: Sequence[str], layer: int, entity: bool = False) -> torch.Tensor:
+def embed_tokens(texts: Sequence[str], layer: int, pool: str = "mean") -> torch.Tensor:
     """`token_states` as one zero-padded float16 tensor `[N, max_len, 384]` (`+ 2` mention
-    channels with `entity`), cached.
+    channels with `entity` or `start`), cached.
 
     Padding rows are exactly zero (real token states never are, after LayerNorm), which is how
     the `minilm` backbone recovers the attention mask."""
     digest = digest_of(texts)
-    width = states_width(entity)
+    width = states_width(pool)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        flat, lengths = token_states(texts, layer, entity=entity)
+        flat, lengths = token_states(texts, layer, pool=pool)
         return {"states": flat.half(), "lengths": lengths}, {"count": len(texts)}
 
-    kind = "-entity" if entity else ""
+    kind = f"-{pool}" if has_mentions(pool) else ""
     tensors, _ = cached_tensors(f"tokens-{MODEL_NAME}-layer{layer}{kind}-{digest}", digest, build)
     lengths = tensors["lengths"]
     padded = torch.zeros(len(lengths), int(lengths.max()), width, dtype=torch.float16)
@@ -222,14 +239,14 @@ def embed_texts(texts: Sequence[str], pool: Pool = "mean", batch_size: int = 64)
 
 def embedding_split(data: Any, pool: Pool = "mean", layer: int | None = None) -> Any:
     """A `TextDataset` as a `ClassDataset` of its cached sentence embeddings, or with `layer`,
-    of its token states after that many layers (for fine-tuning the rest; `entity` pooling
-    adds the mention channels)."""
+    of its token states after that many layers (for fine-tuning the rest; `entity` and `start`
+    pooling add the mention channels)."""
     from metakit.data.dataset import ClassDataset
 
     if layer is None:
         x = embed_texts(data.texts, pool)
     elif pool == "markers":
-        raise MetakitError("token states (`layer`) work with `mean` or `entity` pooling")
+        raise MetakitError("token states (`layer`) work with `mean`, `entity` or `start` pooling")
     else:
-        x = embed_tokens(data.texts, layer, entity=pool == "entity")
+        x = embed_tokens(data.texts, layer, pool=pool if has_mentions(pool) else "mean")
     return ClassDataset(x, data.labels, data.class_names, data.name)
