@@ -51,12 +51,12 @@ class RelationModule(nn.Module):
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         """Scores `[P]` of concatenated pairs `[P, 2C, H, W]` (the paper's formulation)."""
-        return self.head(self.conv1(pairs))
+        return self.score(self.rest1(self.conv1(pairs)))
 
     def all_pairs(self, queries: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Scores `[Q, W]` of every (class, query) pair, equal to `forward` on their
         concatenations, without the Q * W pair maps passing through the first convolution or
-        BatchNorm (the bulk of the module's cost; training episodes run 1.6x faster):
+        BatchNorm (the bulk of the module's cost; the module trains 1.6x faster):
 
         - the convolution is linear, so it splits into a class half and a query half,
           `conv(cat(c, q)) = conv_c(c) + conv_q(q)`: Q + W convolutions instead of Q * W;
@@ -70,13 +70,12 @@ class RelationModule(nn.Module):
         from_queries = F.conv2d(queries, weight[:, c:], None, padding=1)
         from_queries, from_classes = pair_norm(from_queries, from_classes, self.rest1[0])
         pre = (from_queries.unsqueeze(1) + from_classes.unsqueeze(0)).flatten(0, 1)
-        x = self.block2(F.relu(F.max_pool2d(pre, 2)))
-        out = torch.sigmoid(self.fc(x.flatten(1))).squeeze(-1)
-        return out.view(queries.shape[0], classes.shape[0])
+        scores = self.score(F.relu(F.max_pool2d(pre, 2)))
+        return scores.view(queries.shape[0], classes.shape[0])
 
-    def head(self, pre: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.rest1(pre))
-        return torch.sigmoid(self.fc(x.flatten(1))).squeeze(-1)
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores `[P]` of pair maps after the first block: second block, FC layers, sigmoid."""
+        return torch.sigmoid(self.fc(self.block2(x).flatten(1))).squeeze(-1)
 
 
 def pair_norm(
@@ -96,7 +95,8 @@ def pair_norm(
         cross = (a.mean(0, keepdim=True) * b.mean(0, keepdim=True)).mean((2, 3), keepdim=True)
         var = a.pow(2).mean(dims, keepdim=True) + b.pow(2).mean(dims, keepdim=True) + 2 * cross
         if bn.training and bn.track_running_stats and bn.running_mean is not None:
-            update_running_stats(bn, (mean_a + mean_b).flatten(), var.flatten(), a, b)
+            n = a.shape[0] * b.shape[0] * a.shape[2] * a.shape[3]  # pair maps x positions
+            update_running_stats(bn, (mean_a + mean_b).flatten(), var.flatten(), n)
     else:
         shape = (1, -1, 1, 1)
         b = b - bn.running_mean.view(shape)  # type: ignore[union-attr]
@@ -111,11 +111,8 @@ def pair_norm(
 
 
 @torch.no_grad()
-def update_running_stats(
-    bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, a: torch.Tensor, b: torch.Tensor
-) -> None:
-    """The running-average update `F.batch_norm` makes for a batch of `Q * W` pair maps."""
-    n = a.shape[0] * b.shape[0] * a.shape[2] * a.shape[3]
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """The running-average update `F.batch_norm` makes from `n` values per channel."""
     bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
     momentum = bn.momentum if bn.momentum is not None else 1 / float(bn.num_batches_tracked)
     unbiased = var * n / max(n - 1, 1)

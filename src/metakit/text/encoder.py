@@ -248,5 +248,5 @@ def embedding_split(data: Any, pool: Pool = "mean", layer: int | None = None) ->
     elif pool == "markers":
         raise MetakitError("token states (`layer`) work with `mean`, `entity` or `start` pooling")
     else:
-        x = embed_tokens(data.texts, layer, pool=pool if has_mentions(pool) else "mean")
+        x = embed_tokens(data.texts, layer, pool=pool)
     return ClassDataset(x, data.labels, data.class_names, data.name)
