@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metakit.algorithms import ALGORITHMS, ProtoNet
-from metakit.algorithms.protonet import prototypes, squared_euclidean
+from metakit.algorithms.protonet import cosine_similarity, prototypes, squared_euclidean
 from metakit.data import Episode
 from metakit.errors import ConfigError
 from metakit.models.backbone import Backbone
@@ -71,3 +71,18 @@ def test_learnable_scale_is_a_parameter():
 def test_bad_options_are_clear(options, message):
     with pytest.raises(ConfigError, match=message):
         ALGORITHMS.build("protonet", backbone=identity_backbone(), **options)
+
+
+def test_distances_stay_fp32_under_bf16_autocast():
+    """`train.precision: bf16` must not compute distances by expansion in bf16 (cancellation)."""
+    a, b = torch.randn(6, 64) + 5, torch.randn(4, 64) + 5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d, c = squared_euclidean(a, b), cosine_similarity(a, b)
+        raw = a @ b.T
+    assert raw.dtype == torch.bfloat16  # what an unprotected product would give
+    assert d.dtype == c.dtype == torch.float32
+    assert torch.equal(d, squared_euclidean(a, b)) and torch.equal(c, cosine_similarity(a, b))
+    double = squared_euclidean(a.double(), b.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert squared_euclidean(a.double(), b.double()).dtype == torch.float64
+    assert torch.allclose(double, d.double(), rtol=1e-5)

@@ -6,6 +6,7 @@ import yaml
 from safetensors.torch import load_file
 
 from metakit.algorithms import ProtoNet
+from metakit.config import load_config
 from metakit.engine.checkpoint import read_meta
 from metakit.engine.trainer import resume_config, train
 from metakit.errors import ConfigError, TrainingError
@@ -92,3 +93,15 @@ def test_time_budget_stops_training_with_a_checkpoint(tmp_path):
     )
     with pytest.raises(ConfigError, match="train.minutes must be >= 0"):
         tiny_config(minutes=-1)
+
+
+def test_bf16_precision_is_reproducible_and_keeps_fp32_weights(tmp_path):
+    runs = {}
+    for name, precision in [("a", "bf16"), ("b", "bf16"), ("c", "fp32")]:
+        train(tiny_config(precision=precision), tmp_path / name, progress=False)
+        runs[name] = weights(tmp_path / name)
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert any(not torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])  # autocast ran
+    assert all(runs["a"][k].dtype == runs["c"][k].dtype for k in runs["a"])
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config("protonet-omniglot-5w1s-quick", ["train.precision=fp16"])

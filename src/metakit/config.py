@@ -41,6 +41,10 @@ class TrainConfig:
     lr_step: int = 2000
     lr_gamma: float = 0.5
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    # "bf16": the training forward pass under bfloat16 autocast (weights, gradients and optimizer
+    # state stay fp32; validation and evaluation run in fp32). 1.4-1.9x faster conv4 steps on CPUs
+    # with AMX / AVX512-BF16, slower on CPUs without bf16 units.
+    precision: Literal["fp32", "bf16"] = "fp32"
     # learning-rate multipliers by parameter-name prefix, e.g. {log_scale: 300}: a learned
     # temperature needs a far larger step than the pretrained encoder it is fine-tuned with
     lr_mult: dict[str, float] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from torch import nn
 from metakit.algorithms.base import Algorithm, accuracy
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError
+from metakit.functional.precision import full_precision
 from metakit.models.backbone import Backbone
 
 
@@ -22,6 +23,7 @@ def prototypes(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
     return sums / counts.unsqueeze(1)
 
 
+@full_precision
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise `||a_i - b_j||^2`, `[len(a), len(b)]`, via one matrix product."""
     d = (
@@ -32,6 +34,7 @@ def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0)
 
 
+@full_precision
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
 

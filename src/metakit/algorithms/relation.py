@@ -21,6 +21,7 @@ from torch import nn
 from metakit.algorithms.base import Algorithm, TaskState, accuracy
 from metakit.data.episode import Episode
 from metakit.errors import ConfigError
+from metakit.functional.precision import full_precision
 from metakit.models.backbone import Backbone
 from metakit.models.norm import batch_statistics
 
@@ -75,7 +76,13 @@ class RelationModule(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Scores `[P]` of pair maps after the first block: second block, FC layers, sigmoid."""
-        return torch.sigmoid(self.fc(self.block2(x).flatten(1))).squeeze(-1)
+        return sigmoid_head(self.fc, self.block2(x).flatten(1))
+
+
+@full_precision
+def sigmoid_head(fc: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """`sigmoid(fc(features))` as `[P]`, in fp32 also under bf16 autocast (see precision.py)."""
+    return torch.sigmoid(fc(features)).squeeze(-1)
 
 
 def pair_norm(
@@ -88,6 +95,9 @@ def pair_norm(
     Over the grid, the per-channel mean of the sums is the sum of the halves' means, and the
     variance is `E[a'^2] + E[b'^2] + 2 E_hw[E_q a' * E_c b']` for the centred halves."""
     dims = (0, 2, 3)
+    # statistics in at least fp32, as F.batch_norm keeps them, also under bf16 autocast
+    wide = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(wide), b.to(wide)
     batch = bn.training or bn.running_mean is None or bn.running_var is None
     if batch:
         mean_a, mean_b = a.mean(dims, keepdim=True), b.mean(dims, keepdim=True)

@@ -102,6 +102,12 @@ def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The training forward pass's precision: bfloat16 autocast (no loss scaling needed, its
+    exponent range is fp32's) or plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Every group at `lr` times its `lr_mult` (groups of checkpoints from before `lr_mult`
     have none: multiplier 1)."""
@@ -214,7 +220,8 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 batch = sampler.sample(step)
             else:
                 batch = sampler.batch(step * t.meta_batch, t.meta_batch)
-            loss, metrics = algorithm.meta_loss(batch.to(device))
+            with autocast(t.precision, device):
+                loss, metrics = algorithm.meta_loss(batch.to(device))
             if not math.isfinite(metrics["loss"]):
                 held = (
                     f"resume from the last checkpoint (step {saved['last']}) with --resume"
