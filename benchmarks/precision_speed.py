@@ -50,7 +50,7 @@ def step_times(
         optimizer.step()
         if step >= warmup:
             times.append(time.perf_counter() - tic)
-        losses.append(float(loss))
+        losses.append(loss.item())
     return times, losses
 
 

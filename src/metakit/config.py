@@ -42,7 +42,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     # "bf16": the training forward pass under bfloat16 autocast (weights, gradients and optimizer
-    # state stay fp32; validation and evaluation run in fp32). 1.4-1.9x faster conv4 steps on CPUs
+    # state stay fp32; validation and evaluation run in fp32). 1.3-1.7x faster conv4 steps on CPUs
     # with AMX / AVX512-BF16, slower on CPUs without bf16 units.
     precision: Literal["fp32", "bf16"] = "fp32"
     # learning-rate multipliers by parameter-name prefix, e.g. {log_scale: 300}: a learned
