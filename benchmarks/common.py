@@ -16,16 +16,18 @@ import torch
 
 def hardware() -> dict[str, Any]:
     """What the numbers were measured on."""
-    cpu = platform.processor() or ""
+    info: dict[str, str] = {}  # the first core's /proc/cpuinfo fields
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": cpu,
+        "cpu": info.get("model name") or platform.processor() or "",
+        # bf16 units decide whether train.precision=bf16 is faster (precision_speed.py)
+        "bf16_units": sorted(flags & {"amx_bf16", "avx512_bf16"}),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

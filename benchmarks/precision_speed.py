@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from common import hardware, hardware_line, write_results
-from metakit.config import load_config
+from metakit.config import Config, load_config
+from metakit.data import TaskSource
 from metakit.engine.build import build_algorithm, build_dataset
 from metakit.engine.trainer import autocast, make_optimizer
 
@@ -28,10 +29,8 @@ RECIPES = "protonet-omniglot-5w1s,matching-omniglot-5w5s,relation-omniglot-5w1s"
 
 
 def step_times(
-    recipe: str, precision: str, steps: int, warmup: int
+    config: Config, dataset: TaskSource, precision: str, steps: int, warmup: int
 ) -> tuple[list[float], list[float]]:
-    config = load_config(recipe)
-    dataset = build_dataset(config)
     t = config.train
     sampler = dataset.sampler(t.split, t.ways, t.shots, t.queries, seed=0)
     torch.manual_seed(0)
@@ -63,15 +62,15 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/precision_speed"))
     args = parser.parse_args()
     hw = hardware()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    hw["bf16_units"] = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in flags.split()})
     rows = []
     for recipe in args.recipes.split(","):
+        config = load_config(recipe)
+        dataset = build_dataset(config)  # loaded once, shared by every round
         times: dict[str, list[float]] = {"fp32": [], "bf16": []}
         first: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for precision in ("fp32", "bf16"):
-                t, losses = step_times(recipe, precision, args.steps, args.warmup)
+                t, losses = step_times(config, dataset, precision, args.steps, args.warmup)
                 times[precision] += t
                 first.setdefault(precision, losses)
         fp32, bf16 = (statistics.median(times[p]) * 1000 for p in ("fp32", "bf16"))
