@@ -137,6 +137,13 @@ def eval_(
         result = evaluate_regression(algorithm, sampler, steps=steps, **common)
     else:
         result = evaluate(algorithm, sampler, **common)
+    extra: dict[str, object] = {}
+    if hasattr(algorithm, "instance_correct"):  # sequence learners: the paper's table
+        from metakit.engine.evaluate import evaluate_instances
+
+        extra["instance_accuracy"] = evaluate_instances(
+            algorithm, sampler, **common_no_split(common)
+        )
     out = {
         **result.to_dict(),
         "algorithm": own,
@@ -147,11 +154,21 @@ def eval_(
         "step": meta["step"],
         "run": str(run_dir),
         "overrides": list(set_ or []),
+        **extra,
     }
     if json_:
         typer.echo(json.dumps(out))
     else:
         typer.echo(result.summary())
+        for k, row in out.get("instance_accuracy", {}).items():
+            typer.echo(
+                f"  instance {k}: {100 * row['accuracy']:.2f}% ± {100 * row['ci95']:.2f} "
+                f"({row['episodes']} episodes)"
+            )
+
+
+def common_no_split(common: dict) -> dict:
+    return {k: v for k, v in common.items() if k != "split"}
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from metakit.algorithms.base import Algorithm
 from metakit.algorithms.baseline import Baseline
 from metakit.algorithms.maml import MAML, MetaSGD
+from metakit.algorithms.mann import MANN
 from metakit.algorithms.matching import MatchingNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.pretrained import Pretrained
@@ -24,6 +25,7 @@ ALGORITHMS.register("reptile")(Reptile)
 ALGORITHMS.register("pretrained")(Pretrained)
 ALGORITHMS.register("baseline")(Baseline)
 ALGORITHMS.register("zeroshot")(ZeroShotProtoNet)
+ALGORITHMS.register("mann")(MANN)
 
 
 def list_algorithms() -> list[str]:
@@ -33,6 +35,7 @@ def list_algorithms() -> list[str]:
 __all__ = [
     "ALGORITHMS",
     "MAML",
+    "MANN",
     "Algorithm",
     "Baseline",
     "MatchingNet",

@@ -122,6 +122,44 @@ def evaluate(
     )
 
 
+def evaluate_instances(
+    algorithm: Algorithm,
+    sampler: EpisodeSampler,
+    episodes: int = 1000,
+    instances: Sequence[int] = (1, 2, 3, 4, 5, 10),
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Accuracy by presentation number for sequence learners (MANN): each episode becomes a
+    random sequence (order drawn from `(sampler.seed, i)`), and the accuracy at the k-th
+    presentation of a class is averaged over the episodes where one occurs, with a 95% CI."""
+    from metakit.data.sampler import episode_generator
+
+    if not hasattr(algorithm, "instance_correct"):
+        raise ConfigError(f"{algorithm.name} does not learn from sequences; no per-instance score")
+    was_training = algorithm.training
+    algorithm.eval()
+    per_instance: dict[int, list[float]] = {k: [] for k in instances}
+    try:
+        for i in tqdm(range(episodes), desc="eval by instance", disable=not progress, unit="ep"):
+            ep = sampler.sample(i).to(device)
+            with torch.inference_mode():
+                correct, number = algorithm.instance_correct(  # type: ignore[operator]
+                    ep, episode_generator(sampler.seed, i, "sequence")
+                )
+            for k in instances:
+                hit = number == k
+                if hit.any():
+                    per_instance[k].append(correct[hit].float().mean().item())
+    finally:
+        algorithm.train(was_training)
+    out = {}
+    for k, values in per_instance.items():
+        mean, ci = mean_ci95(torch.tensor(values)) if values else (float("nan"), float("nan"))
+        out[str(k)] = {"accuracy": mean, "ci95": ci, "episodes": len(values)}
+    return out
+
+
 def evaluate_regression(
     algorithm: Algorithm,
     sampler: EpisodeSampler,
