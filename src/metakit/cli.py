@@ -149,7 +149,7 @@ def eval_(
         "algorithm": own,
         "method": method or own,
         **({"norm": norm} if method == "nearest-centroid" else {}),
-        "bn": config.algorithm.get("bn", "transductive") if algorithm.needs_grad_to_adapt else None,
+        "bn": config.algorithm.get("bn", "transductive") if hasattr(algorithm, "bn") else None,
         "checkpoint": checkpoint,
         "step": meta["step"],
         "run": str(run_dir),

@@ -5,6 +5,7 @@ from metakit.algorithms.baseline import Baseline
 from metakit.algorithms.maml import MAML, MetaSGD
 from metakit.algorithms.mann import MANN
 from metakit.algorithms.matching import MatchingNet
+from metakit.algorithms.metanet import MetaNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.pretrained import Pretrained
 from metakit.algorithms.protonet import ProtoNet
@@ -26,6 +27,7 @@ ALGORITHMS.register("pretrained")(Pretrained)
 ALGORITHMS.register("baseline")(Baseline)
 ALGORITHMS.register("zeroshot")(ZeroShotProtoNet)
 ALGORITHMS.register("mann")(MANN)
+ALGORITHMS.register("metanet")(MetaNet)
 
 
 def list_algorithms() -> list[str]:
@@ -39,6 +41,7 @@ __all__ = [
     "Algorithm",
     "Baseline",
     "MatchingNet",
+    "MetaNet",
     "MetaSGD",
     "NearestCentroid",
     "Pretrained",
