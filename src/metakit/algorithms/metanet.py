@@ -3,12 +3,14 @@
 Four parameter sets are trained jointly:
 - theta: the embedding f_theta (the backbone, e.g. Conv-4) with an augmented layer `q`;
 - w: the task-level fast-weight generator F_w, a coordinatewise LSTM (plus a learned gradient
-  step) that reads the gradients of an embedding (contrastive) loss on T support pairs and emits fast weights q* for `q`;
+  step) that reads the gradients of an embedding (contrastive) loss on T support pairs and
+  emits fast weights q* for `q`;
 - phi: the base learner g_phi (its own trunk of the backbone's architecture, then an augmented
   hidden layer and an augmented output layer);
 - v: the example-level generator G_v, a coordinatewise MLP (plus a learned step) that turns the
-  gradient of each support example's loss (taken with `torch.func.vmap(grad(...))`, one call for the whole
-  support set) into that example's fast weights for g_phi's head, stored in a value memory.
+  gradient of each support example's loss (taken with `torch.func.vmap(grad(...))`, one call
+  for the whole support set) into that example's fast weights for g_phi's head, stored in a
+  value memory.
 The memory keys are the support embeddings (with q*); a query reads the memory by cosine
 attention and runs g_phi with the slow weights plus its read fast weights. Layer augmentation:
 the slow and fast outputs of a layer each pass a ReLU and are summed (the output layer sums its
