@@ -154,3 +154,38 @@ def test_bad_set_is_clear(tmp_path, bad):
         text=True,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error:")
+
+
+@needs_omniglot
+@pytest.mark.parametrize("algorithm", ["mann", "metanet"])
+def test_model_based_run_trains_evaluates_and_predicts(tmp_path, algorithm):
+    """A MANN / MetaNet run goes through train, eval (MANN adds accuracy by instance) and
+    `metakit.load(...).fit/predict` like any other algorithm."""
+    import torch
+
+    import metakit
+
+    options = {"mann": "{name: mann, ways: 5, controller: 16, slots: 16, width: 8, heads: 2}",
+               "metanet": "{name: metanet, ways: 5, pairs: 4}"}[algorithm]  # fmt: skip
+    backbone = "{name: identity}" if algorithm == "mann" else "{name: conv4, hidden: 16}"
+    run = tmp_path / "run"
+    sets = ["--set", f"algorithm={options}", "--set", f"backbone={backbone}",
+            "--set", "train.queries=4", "--set", "eval.queries=4"]  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["train", str(write_tiny(tmp_path, episodes=2)), "--out", str(run), "--no-progress", *sets],
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", str(run), "--json", "--episodes", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 <= out["accuracy"] <= 1
+    if algorithm == "mann":
+        assert set(out["instance_accuracy"]) == {"1", "2", "3", "4", "5", "10"}
+        assert out["instance_accuracy"]["5"]["episodes"] == 4
+        assert "10" in out["instance_accuracy"] and out["instance_accuracy"]["10"]["episodes"] == 0
+    learner = metakit.load(run)
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    labels = learner.fit(x[:3], ["a", "b", "c"]).predict(x[3:])
+    assert len(labels) == 3 and set(labels) <= {"a", "b", "c"}
+    assert torch.allclose(learner.predict_proba(x[3:]).sum(-1), torch.ones(3), atol=1e-5)

@@ -161,6 +161,8 @@ def eval_(
     else:
         typer.echo(result.summary())
         for k, row in out.get("instance_accuracy", {}).items():
+            if row["accuracy"] is None:
+                continue
             typer.echo(
                 f"  instance {k}: {100 * row['accuracy']:.2f}% ± {100 * row['ci95']:.2f} "
                 f"({row['episodes']} episodes)"

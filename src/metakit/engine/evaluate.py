@@ -129,7 +129,7 @@ def evaluate_instances(
     instances: Sequence[int] = (1, 2, 3, 4, 5, 10),
     device: torch.device | str = "cpu",
     progress: bool = False,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Accuracy by presentation number for sequence learners (MANN): each episode becomes a
     random sequence (order drawn from `(sampler.seed, i)`), and the accuracy at the k-th
     presentation of a class is averaged over the episodes where one occurs, with a 95% CI."""
@@ -155,7 +155,7 @@ def evaluate_instances(
         algorithm.train(was_training)
     out = {}
     for k, values in per_instance.items():
-        mean, ci = mean_ci95(torch.tensor(values)) if values else (float("nan"), float("nan"))
+        mean, ci = mean_ci95(torch.tensor(values)) if values else (None, None)
         out[str(k)] = {"accuracy": mean, "ci95": ci, "episodes": len(values)}
     return out
 
