@@ -41,11 +41,21 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a recipe into a run directory (config.yaml, metrics.jsonl, checkpoints/, tb/)."""
-    from metakit.config import load_config
+    from metakit.config import load_config, recipe_kind, recipe_path
     from metakit.engine.trainer import resume_config
     from metakit.engine.trainer import train as run_training
 
     overrides = list(set_ or [])
+    path = out / "config.yaml" if resume and (out / "config.yaml").exists() else None
+    if recipe_kind(path or recipe_path(recipe)) == "l2o":
+        from metakit.l2o.train import load_l2o_config, train_l2o
+
+        l2o = load_l2o_config(path or recipe_path(recipe), overrides)
+        try:
+            typer.echo(json.dumps(train_l2o(l2o, out, resume=resume, progress=progress)))
+        except KeyboardInterrupt as e:
+            fail(str(e) or "interrupted", code=130)
+        return
     config = resume_config(out, overrides) if resume else load_config(recipe, overrides)
     try:
         summary = run_training(config, out, resume=resume, progress=progress)
@@ -92,9 +102,16 @@ def eval_(
 ) -> None:
     """Evaluate a trained run on fixed-seed episodes: mean accuracy (regression: MSE after each
     of eval.adapt_steps adaptation steps) and its 95% CI."""
+    from metakit.config import recipe_kind
     from metakit.engine.build import build_dataset, load_run, read_run_config, resolve_device
     from metakit.engine.evaluate import evaluate, evaluate_regression
 
+    if (run_dir / "config.yaml").exists() and recipe_kind(run_dir / "config.yaml") == "l2o":
+        from metakit.l2o.evaluate import evaluate_run
+
+        result = evaluate_run(run_dir, checkpoint or "best", problems=episodes, seed=seed)
+        typer.echo(json.dumps(result) if json_ else json.dumps(result, indent=2))
+        return
     if checkpoint is None:
         checkpoint = read_run_config(run_dir).eval.checkpoint
     config, algorithm, _, meta = load_run(run_dir, checkpoint, "cpu", list(set_ or []))

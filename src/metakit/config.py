@@ -181,8 +181,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(recipe_or_path: str, overrides: list[str] | None = None) -> Config:
-    """A recipe name (see `metakit recipes`) or a YAML file, plus overrides → validated Config."""
+def recipe_path(recipe_or_path: str) -> Path:
+    """The YAML file of a recipe name (see `metakit recipes`) or of a path."""
     path = Path(recipe_or_path)
     if not path.suffix:
         path = recipe_dir() / f"{recipe_or_path}.yaml"
@@ -192,7 +192,23 @@ def load_config(recipe_or_path: str, overrides: list[str] | None = None) -> Conf
             )
     elif not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    return path
+
+
+def recipe_kind(path: Path) -> str:
+    """`episodic` (the Config of this module) or `l2o` (a learned-optimizer run)."""
+    return str(read_yaml(path).get("kind", "episodic"))
+
+
+def load_config(recipe_or_path: str, overrides: list[str] | None = None) -> Config:
+    """A recipe name (see `metakit recipes`) or a YAML file, plus overrides → validated Config."""
+    path = recipe_path(recipe_or_path)
     d = read_yaml(path)
+    if d.get("kind", "episodic") != "episodic":
+        raise ConfigError(
+            f"{path} is a {d['kind']!r} recipe, not an episodic one; `metakit train` runs it, "
+            "or load it with metakit.l2o.train.load_l2o_config"
+        )
     d.setdefault("name", path.stem)
     return Config.from_dict(apply_overrides(d, overrides or [])).validate()
 

@@ -101,14 +101,39 @@ class Learner:
             return self.algorithm.embed(self._inputs(x)).cpu()
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Learner:
+class LearnedOptimizer:
+    """A trained update rule (a `kind: l2o` run): `as_optimizer(params)` is a
+    `torch.optim.Optimizer` that steps any model's parameters with the trained network."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net.eval().requires_grad_(False)
+
+    def rule(self) -> Any:
+        return self.net.rule()  # type: ignore[operator]
+
+    def as_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        from metakit.functional.optim import RuleOptimizer
+
+        return RuleOptimizer(params, self.rule())
+
+
+def load(
+    run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
+) -> Learner | LearnedOptimizer:
     """The trained Learner of a run directory, from the checkpoint its recipe evaluates
-    (`eval.checkpoint`: `best` on val by default, `last` for fixed-schedule recipes)."""
+    (`eval.checkpoint`: `best` on val by default, `last` for fixed-schedule recipes); for a
+    learned-optimizer run, a `LearnedOptimizer`."""
+    from metakit.config import recipe_kind
     from metakit.engine.build import load_run, read_run_config
 
+    config_path = Path(run_dir) / "config.yaml"
+    if config_path.exists() and recipe_kind(config_path) == "l2o":
+        from metakit.l2o.train import load_trained
+
+        return LearnedOptimizer(load_trained(Path(run_dir), checkpoint or "best")[0])
     which = checkpoint or read_run_config(Path(run_dir)).eval.checkpoint
     _, algorithm, preprocess, _ = load_run(Path(run_dir), which, device)
     return Learner(algorithm, preprocess, device)
 
 
-__all__: list[Any] = ["Learner", "load"]
+__all__: list[Any] = ["LearnedOptimizer", "Learner", "load"]

@@ -1,9 +1,15 @@
-"""Inner-loop update rules as pure `init/update` pairs over parameter dicts (optax style).
+"""Update rules as pure `init/update` pairs over parameter dicts (optax style).
 
 A rule never mutates anything: `update(grads, state, params)` returns the additive updates and
 the new state, so the same rule runs under `torch.func.grad` (second-order MAML keeps the graph
 through it), under `vmap`, and in a plain loop. `sgd` with a dict of rates is Meta-SGD's rule;
 `adam` is the inner optimizer of Reptile (Nichol et al. 2018).
+
+Rules compose: `chain(a, b, ...)` feeds each rule's output to the next, so the transforms
+(`trace`, `scale_by_adam`, `scale_by_rms`, `sign`, `add_decayed_weights`) and a final
+`scale(-lr)` spell out the classic optimizers; `momentum`, `rmsprop` and `adam` match
+`torch.optim` step for step (tests hold them equal). `metakit.functional.optim.RuleOptimizer`
+runs any rule as a `torch.optim.Optimizer`.
 """
 
 from __future__ import annotations
@@ -66,15 +72,150 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Up
     return UpdateRule(init, update)
 
 
+def scale(step: float) -> UpdateRule:
+    """Multiply the incoming updates by `step` (`scale(-lr)` ends a descent chain)."""
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        return {k: g * step for k, g in grads.items()}, state
+
+    return UpdateRule(lambda params: (), update)
+
+
+def sign() -> UpdateRule:
+    """The sign of each coordinate (signSGD; a building block of PowerSign and AddSign)."""
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        return {k: torch.sign(g) for k, g in grads.items()}, state
+
+    return UpdateRule(lambda params: (), update)
+
+
+def add_decayed_weights(weight_decay: float) -> UpdateRule:
+    """`g + weight_decay * w`: torch.optim's coupled `weight_decay`, placed first in a chain."""
+    if weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        return {k: g + weight_decay * params[k] for k, g in grads.items()}, state
+
+    return UpdateRule(lambda params: (), update)
+
+
+def trace(decay: float = 0.9, nesterov: bool = False) -> UpdateRule:
+    """Momentum as torch.optim.SGD keeps it: `b = decay * b + g`, emitting `b`, or
+    `g + decay * b` with Nesterov's look-ahead."""
+    if not 0 <= decay < 1:
+        raise ConfigError(f"momentum decay must lie in [0, 1), got {decay}")
+
+    def init(params: Params) -> RuleState:
+        return {k: torch.zeros_like(p) for k, p in params.items()}
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        buf = {k: state[k] * decay + g for k, g in grads.items()}
+        if nesterov:
+            return {k: g + decay * buf[k] for k, g in grads.items()}, buf
+        return buf, buf
+
+    return UpdateRule(init, update)
+
+
+def scale_by_rms(decay: float = 0.99, eps: float = 1e-8, centered: bool = False) -> UpdateRule:
+    """RMSprop's scaling as torch.optim.RMSprop computes it: `g / (sqrt(v) + eps)` with
+    `v = decay * v + (1 - decay) g^2` (`centered` subtracts the squared running mean)."""
+    if not 0 <= decay < 1 or eps <= 0:
+        raise ConfigError(f"invalid rms settings decay={decay}, eps={eps}")
+
+    def init(params: Params) -> RuleState:
+        zeros = {k: torch.zeros_like(p) for k, p in params.items()}
+        return (zeros, dict(zeros))
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        v, mean = state
+        v = {k: torch.addcmul(v[k] * decay, g, g, value=1 - decay) for k, g in grads.items()}
+        if centered:
+            mean = {k: torch.lerp(mean[k], g, 1 - decay) for k, g in grads.items()}
+            denom = {k: torch.addcmul(v[k], mean[k], mean[k], value=-1).sqrt() + eps for k in v}
+        else:
+            denom = {k: v[k].sqrt() + eps for k in v}
+        return {k: g / denom[k] for k, g in grads.items()}, (v, mean)
+
+    return UpdateRule(init, update)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> UpdateRule:
+    """Adam's direction `m_hat / (sqrt(v_hat) + eps)` with bias correction (times -lr: Adam)."""
+    if not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0:
+        raise ConfigError(f"invalid adam settings betas=({b1}, {b2}), eps={eps}")
+
+    def init(params: Params) -> RuleState:
+        zeros = {k: torch.zeros_like(p) for k, p in params.items()}
+        return (0, zeros, dict(zeros))
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        t, m, v = state
+        t += 1
+        c1, root_c2 = 1 - b1**t, math.sqrt(1 - b2**t)
+        m = {k: torch.lerp(m[k], g, 1 - b1) for k, g in grads.items()}
+        v = {k: torch.addcmul(v[k] * b2, g, g, value=1 - b2) for k, g in grads.items()}
+        return {k: (m[k] / c1) / (v[k].sqrt() / root_c2 + eps) for k in grads}, (t, m, v)
+
+    return UpdateRule(init, update)
+
+
+def chain(*rules: UpdateRule) -> UpdateRule:
+    """Apply `rules` in order, each to the previous one's output; the state is their tuple."""
+    if not rules:
+        raise ConfigError("chain needs at least one rule")
+
+    def init(params: Params) -> RuleState:
+        return tuple(r.init(params) for r in rules)
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        new = []
+        for rule, s in zip(rules, state, strict=True):
+            grads, s = rule.update(grads, s, params)
+            new.append(s)
+        return grads, tuple(new)
+
+    return UpdateRule(init, update)
+
+
+def momentum(lr: float, decay: float = 0.9, nesterov: bool = False) -> UpdateRule:
+    """SGD with (Nesterov) momentum, as `torch.optim.SGD(momentum=decay, nesterov=...)`."""
+    _check_lr(lr, "momentum")
+    return chain(trace(decay, nesterov), scale(-lr))
+
+
+def rmsprop(
+    lr: float, decay: float = 0.99, eps: float = 1e-8, centered: bool = False
+) -> UpdateRule:
+    """RMSprop, as `torch.optim.RMSprop(alpha=decay, eps=eps, centered=centered)`."""
+    _check_lr(lr, "rmsprop")
+    return chain(scale_by_rms(decay, eps, centered), scale(-lr))
+
+
+def _check_lr(lr: float, name: str) -> None:
+    if lr <= 0:
+        raise ConfigError(f"{name} learning rate must be positive, got {lr}")
+
+
 def as_rule(rule: UpdateRule | float | Params) -> UpdateRule:
     """A rule as given, or SGD with the given scalar or per-parameter rates."""
     return rule if isinstance(rule, UpdateRule) else sgd(rule)
 
 
+RULES: dict[str, Callable[..., UpdateRule]] = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "nesterov": lambda lr: momentum(lr, nesterov=True),
+    "rmsprop": rmsprop,
+    "adam": adam,
+}
+
+
 def make_rule(name: str, lr: float, beta1: float = 0.9) -> UpdateRule:
-    """An update rule by name, for configs (`inner_optimizer: sgd|adam`)."""
-    if name == "sgd":
-        return sgd(lr)
-    if name == "adam":
-        return adam(lr, b1=beta1)
-    raise ConfigError(f"unknown inner optimizer {name!r}; available: sgd, adam")
+    """An update rule by name, for configs (`inner_optimizer: sgd|momentum|nesterov|rmsprop|
+    adam`; `beta1` is Adam's)."""
+    if name not in RULES:
+        raise ConfigError(f"unknown optimizer {name!r}; available: {', '.join(RULES)}")
+    return adam(lr, b1=beta1) if name == "adam" else RULES[name](lr)

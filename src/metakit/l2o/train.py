@@ -1,0 +1,251 @@
+"""Meta-training of the learned LSTM optimizer (Andrychowicz et al. 2016), top to bottom.
+
+Each iteration draws a batch of optimizee problems (from `(seed, iteration)`, so a resumed run
+draws the same ones) and optimizes them for `horizon` steps with the LSTM rule, in truncations
+of `unroll` steps. Within a truncation the meta-loss is the sum of the optimizee losses after
+each update; its gradient flows back through the parameter trajectory into the LSTM, while the
+optimizee's gradients enter as constants (the paper drops second derivatives). After each
+truncation the LSTM takes one Adam step, and the trajectory and LSTM state are detached.
+The best checkpoint is chosen on validation problems (their own stream), never on the held-out
+evaluation problems.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from metakit import __version__
+from metakit.config import _build, apply_overrides, read_yaml
+from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
+from metakit.engine.trainer import stop_on_interrupt
+from metakit.errors import ConfigError, TrainingError
+from metakit.functional.learned import LSTMOptimizer
+from metakit.l2o.evaluate import draw, run_rule
+from metakit.l2o.problems import ProblemBatch, make_family
+from metakit.tracking.logger import RunLogger
+
+KIND = "l2o"
+
+
+@dataclass
+class L2OTrainConfig:
+    iterations: int = 1000  # problem batches; each is `horizon / unroll` Adam steps
+    problems: int = 16  # optimizees per batch (stepped together)
+    horizon: int = 100
+    unroll: int = 20
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    minutes: float = 0.0  # time budget (validation excluded); 0 = none
+    val_every: int = 50
+    val_problems: int = 64
+    log_every: int = 10
+
+
+@dataclass
+class L2OEvalConfig:
+    problems: int = 100  # held-out problems for `metakit eval` / the benchmark
+    steps: int = 100
+    tune_problems: int = 32  # the baselines' rates are tuned on these (their own stream)
+    seed: int = 0
+
+
+@dataclass
+class L2OConfig:
+    kind: str = KIND
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    metakit_version: str = ""
+    problem: dict[str, Any] = field(default_factory=lambda: {"name": "quadratic", "dim": 10})
+    optimizer: dict[str, Any] = field(default_factory=dict)  # LSTMOptimizer options
+    train: L2OTrainConfig = field(default_factory=L2OTrainConfig)
+    eval: L2OEvalConfig = field(default_factory=L2OEvalConfig)
+
+    def validate(self) -> L2OConfig:
+        t = self.train
+        if min(t.iterations, t.problems, t.horizon, t.unroll, t.val_every, t.log_every) < 1:
+            raise ConfigError("l2o train iterations/problems/horizon/unroll/val_every must be >= 1")
+        if t.horizon % t.unroll:
+            raise ConfigError(
+                f"train.horizon ({t.horizon}) must be a multiple of train.unroll ({t.unroll})"
+            )
+        if t.lr <= 0 or t.minutes < 0 or t.grad_clip < 0:
+            raise ConfigError("train.lr must be positive, train.minutes and grad_clip >= 0")
+        if "name" not in self.problem:
+            raise ConfigError("the problem section needs a 'name' (quadratic or mlp)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_l2o(d: dict[str, Any]) -> bool:
+    return d.get("kind") == KIND
+
+
+def load_l2o_config(path: Path, overrides: list[str] | None = None) -> L2OConfig:
+    d = read_yaml(path)
+    d.setdefault("name", path.stem)
+    return _build(L2OConfig, apply_overrides(d, overrides or []), "config").validate()
+
+
+def build_optimizer_net(config: L2OConfig) -> LSTMOptimizer:
+    try:
+        return LSTMOptimizer(**config.optimizer)
+    except TypeError as e:
+        raise ConfigError(
+            f"optimizer section: {e}; options: hidden, layers, preprocess, output_scale"
+        ) from None
+
+
+def truncated_meta_loss(
+    net: LSTMOptimizer, problems: ProblemBatch, params: dict, state: Any, start: int, length: int
+) -> tuple[torch.Tensor, dict, Any]:
+    """Sum over `length` updates of the mean optimizee loss after each; returns it with the
+    end parameters and LSTM state (still attached to the graph)."""
+    rule = net.rule()
+    total = None
+    for t in range(start, start + length + 1):
+        loss = problems.loss(params, t).mean()
+        if t > start:
+            total = loss if total is None else total + loss
+        if t == start + length:
+            break
+        # the optimizee gradient as a constant input: no second derivatives (the paper's choice)
+        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+        updates, state = rule.update(dict(zip(params, grads, strict=True)), state, params)
+        params = {k: p + updates[k] for k, p in params.items()}
+    assert total is not None
+    return total / length, params, state
+
+
+def validate(net: LSTMOptimizer, config: L2OConfig, family: Any) -> float:
+    """Mean log of the final loss on the validation problems (lower is better)."""
+    t = config.train
+    problems = draw(family, t.val_problems, t.horizon, config.seed, "l2o-val")
+    final = run_rule(net.rule(), problems, t.horizon)[-1]
+    return float(final.clamp_min(1e-12).log().mean()) if torch.isfinite(final).all() else math.inf
+
+
+def train_l2o(
+    config: L2OConfig, out: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Meta-train into run directory `out` (config.yaml, metrics.jsonl, checkpoints/)."""
+    config.validate()
+    t = config.train
+    out = Path(out)
+    last = out / "checkpoints" / "last.safetensors"
+    if resume and not last.exists():
+        raise ConfigError(f"nothing to resume: {last} does not exist")
+    if not resume and last.exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it, or pick another --out"
+        )
+    torch.manual_seed(config.seed)
+    family = make_family(config.problem, "train")
+    net = build_optimizer_net(config)
+    opt = torch.optim.Adam(net.parameters(), t.lr)
+    it, best, seconds = 0, math.inf, 0.0
+    if resume:
+        meta = load_checkpoint(last, net, opt, restore_rng=True)
+        it, best, seconds = meta["step"], meta["best_metric"], meta.get("train_seconds", 0.0)
+    config.metakit_version = __version__
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    base_meta = {
+        "kind": KIND,
+        "config": config.to_dict(),
+        "metakit_version": __version__,
+        "metric": "val_log_final_loss",
+    }
+
+    def checkpoint(name: str) -> None:
+        meta = {**base_meta, "step": it, "best_metric": best, "train_seconds": seconds}
+        save_checkpoint(out / "checkpoints" / f"{name}.safetensors", net, meta, opt)
+
+    budget = t.minutes * 60 if t.minutes > 0 else math.inf
+    bar = tqdm(total=t.iterations, initial=it, disable=not progress, unit="it", desc=config.name)
+    window: list[float] = []
+    with RunLogger(out, start_step=it) as logger, stop_on_interrupt() as interrupt:
+        while it < t.iterations and seconds < budget:
+            tic = time.perf_counter()
+            problems = draw(family, t.problems, t.horizon, config.seed, f"l2o-train-{it}")
+            params = {k: p.clone().requires_grad_() for k, p in problems.params.items()}
+            state = net.rule().init(params)
+            for start in range(0, t.horizon, t.unroll):
+                loss, params, state = truncated_meta_loss(
+                    net, problems, params, state, start, t.unroll
+                )
+                if not math.isfinite(loss.item()):
+                    raise TrainingError(
+                        f"the meta-loss became {loss.item()} at iteration {it + 1}; stopping. "
+                        f"Lower train.lr (now {t.lr:g}) or train.grad_clip, then resume from the "
+                        "last checkpoint with --resume."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+                opt.step()
+                params = {k: p.detach().requires_grad_() for k, p in params.items()}
+                state = {k: s.detach() for k, s in state.items()}
+                window.append(loss.item())
+            it += 1
+            seconds += time.perf_counter() - tic
+            bar.update(1)
+            done = it == t.iterations or seconds >= budget
+            if it % t.log_every == 0 or done:
+                row = {"meta_loss": sum(window) / len(window)}
+                logger.log(it, "train", row)
+                bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}")
+                window = []
+            if it % t.val_every == 0 or done:
+                score = validate(net, config, family)
+                logger.log(it, "val", {"log_final_loss": score})
+                bar.write(f"iteration {it}: val mean log final loss {score:.4f}", file=sys.stderr)
+                if score < best:
+                    best = score
+                    checkpoint("best")
+                checkpoint("last")
+            if interrupt["stop"]:
+                checkpoint("last")
+                bar.close()
+                raise KeyboardInterrupt(
+                    f"interrupted at iteration {it}; checkpoint saved, continue with --resume"
+                )
+        bar.close()
+    return {
+        "kind": KIND,
+        "iterations": it,
+        "stopped_by": "minutes" if it < t.iterations else "iterations",
+        "best_val_log_final_loss": best,
+        "train_seconds": round(seconds, 2),
+        "run_dir": str(out),
+    }
+
+
+def load_trained(run_dir: Path, which: str = "best") -> tuple[LSTMOptimizer, L2OConfig]:
+    """The trained network of a run directory and its config."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a metakit run (no config.yaml); train one first")
+    config = _build(L2OConfig, read_yaml(path), "config")
+    net = build_optimizer_net(config)
+    load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.safetensors", net)
+    return net, config
+
+
+def resume_l2o_config(run_dir: Path, overrides: list[str]) -> L2OConfig:
+    return load_l2o_config(Path(run_dir) / "config.yaml", overrides)
+
+
+__all__ = ["L2OConfig", "is_l2o", "load_l2o_config", "load_trained", "train_l2o"]
