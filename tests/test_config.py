@@ -1,7 +1,15 @@
 import pytest
 
-from metakit.config import Config, apply_overrides, list_recipes, load_config
+from metakit.config import (
+    Config,
+    apply_overrides,
+    list_recipes,
+    load_config,
+    recipe_kind,
+    recipe_path,
+)
 from metakit.errors import ConfigError
+from metakit.l2o.train import load_l2o_config
 
 
 def test_shipped_recipes_load():
@@ -14,8 +22,12 @@ def test_shipped_recipes_load():
     ):
         assert required in names
     for name in names:
-        cfg = load_config(name)
+        path = recipe_path(name)
+        cfg = load_l2o_config(path) if recipe_kind(path) == "l2o" else load_config(name)
         assert cfg.name == name and cfg.description
+    assert {"l2o-quadratic", "l2o-mnist"} <= set(names)
+    with pytest.raises(ConfigError, match="l2o"):
+        load_config("l2o-quadratic")
 
 
 def test_overrides_are_typed():

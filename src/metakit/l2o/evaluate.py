@@ -19,7 +19,7 @@ from metakit.functional.rules import UpdateRule, make_rule
 from metakit.l2o.problems import ProblemBatch, ProblemFamily
 
 BASELINES = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
-DEFAULT_GRID = tuple(10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0))
+DEFAULT_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 3))  # 1e-4 .. 10, half decades
 
 
 def run_rule(rule: UpdateRule, problems: ProblemBatch, steps: int) -> torch.Tensor:

@@ -197,7 +197,7 @@ def train_l2o(
                     torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
                 opt.step()
                 params = {k: p.detach().requires_grad_() for k, p in params.items()}
-                state = {k: s.detach() for k, s in state.items()}
+                state = {**state, "hc": state["hc"].detach()}
                 window.append(loss.item())
             it += 1
             seconds += time.perf_counter() - tic
