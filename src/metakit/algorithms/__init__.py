@@ -5,6 +5,7 @@ from metakit.algorithms.baseline import Baseline
 from metakit.algorithms.maml import MAML, MetaSGD
 from metakit.algorithms.mann import MANN
 from metakit.algorithms.matching import MatchingNet
+from metakit.algorithms.meta_lstm import MetaLSTM
 from metakit.algorithms.metanet import MetaNet
 from metakit.algorithms.nearest_centroid import NearestCentroid
 from metakit.algorithms.pretrained import Pretrained
@@ -28,6 +29,7 @@ ALGORITHMS.register("baseline")(Baseline)
 ALGORITHMS.register("zeroshot")(ZeroShotProtoNet)
 ALGORITHMS.register("mann")(MANN)
 ALGORITHMS.register("metanet")(MetaNet)
+ALGORITHMS.register("meta_lstm")(MetaLSTM)
 
 
 def list_algorithms() -> list[str]:
@@ -41,6 +43,7 @@ __all__ = [
     "Algorithm",
     "Baseline",
     "MatchingNet",
+    "MetaLSTM",
     "MetaNet",
     "MetaSGD",
     "NearestCentroid",

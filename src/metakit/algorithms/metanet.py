@@ -83,7 +83,10 @@ class CoordinateLSTM(nn.Module):
         self.out = zero_last(nn.Linear(hidden, 1))
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        states, _ = self.lstm(preprocess_gradient(g))  # [T, P, hidden]
+        # fp32 under bf16 autocast: oneDNN has no bf16 LSTM on CPUs without bf16 units (it
+        # fails to create the primitive, seen single-threaded on an AMD EPYC)
+        with torch.autocast(g.device.type, enabled=False):
+            states, _ = self.lstm(preprocess_gradient(g.float()))  # [T, P, hidden]
         return self.step(g.mean(0)) + self.out(states[-1]).squeeze(-1)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from metakit.functional.rules import RuleState, UpdateRule, as_rule
 from metakit.models.norm import statistics_from_first
@@ -66,10 +66,13 @@ def adapt_batches(
             return loss_fn(functional_call(model, (p, buffers), (x,)), y)
 
         if first_order:  # gradients at the current values, with no graph back to `params`
-            grads = grad(batch_loss)({k: p.detach() for k, p in params.items()})
+            grads, loss = grad_and_value(batch_loss)({k: p.detach() for k, p in params.items()})
         else:
-            grads = grad(batch_loss)(params)
-        updates, state = rule.update(grads, state, params)
+            grads, loss = grad_and_value(batch_loss)(params)
+        if rule.uses_loss:
+            updates, state = rule.update(grads, state, params, loss.detach())
+        else:
+            updates, state = rule.update(grads, state, params)
         params = {k: p + updates[k] for k, p in params.items()}
     return params, state
 

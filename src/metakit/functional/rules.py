@@ -27,10 +27,13 @@ RuleState = Any
 
 
 class UpdateRule(NamedTuple):
-    """`init(params) -> state`; `update(grads, state, params) -> (updates, state)`."""
+    """`init(params) -> state`; `update(grads, state, params) -> (updates, state)`. A rule with
+    `uses_loss` (Meta-LSTM's gates read the loss) is called `update(grads, state, params, loss)`
+    by the inner loop."""
 
     init: Callable[[Params], RuleState]
-    update: Callable[[Params, RuleState, Params], tuple[Params, RuleState]]
+    update: Callable[..., tuple[Params, RuleState]]
+    uses_loss: bool = False
 
 
 def sgd(lr: float | Params) -> UpdateRule:
