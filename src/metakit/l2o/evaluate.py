@@ -83,6 +83,7 @@ def curve_summary(curve: torch.Tensor) -> dict[str, Any]:
         "auc": area,
         "auc_ci95": area_ci,
         "problems": curve.shape[1],
+        "final_losses": [round(float(v), 8) for v in curve[-1]],  # per problem, for pairing
         "curve": [round(m, 6) for m, _ in per_step],
         "curve_ci95": [round(c, 6) for _, c in per_step],
     }
