@@ -3,6 +3,7 @@ gates and the initialisation, and the gate formula against a hand computation.""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -87,3 +88,40 @@ def test_meta_gradient_reaches_gates_and_initialisation():
         assert algo.gates[name].grad is not None and algo.gates[name].grad.abs().sum() > 0, name
     assert all(p.grad is not None for p in algo.backbone.parameters())
     assert ep.support_x.shape[0] == 6
+
+
+def test_a_loss_reading_rule_runs_as_an_optimizer_with_a_closure():
+    from torch import nn
+
+    from metakit.errors import ConfigError
+    from metakit.functional.optim import RuleOptimizer
+
+    gates = {
+        "w_i": torch.zeros(6),
+        "b_i": torch.tensor(math.log(0.1 / 0.9)),
+        "w_f": torch.zeros(6),
+        "b_f": torch.tensor(50.0),
+    }
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    reference = nn.Linear(3, 1).double()
+    reference.load_state_dict(model.state_dict())
+    opt = RuleOptimizer(
+        model.parameters(), meta_lstm_rule({k: v.double() for k, v in gates.items()})
+    )
+    sgd_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for m, o in ((model, opt), (reference, sgd_opt)):
+        for _ in range(3):
+
+            def closure(m=m, o=o):
+                o.zero_grad()
+                loss = F.mse_loss(m(x), y)
+                loss.backward()
+                return loss
+
+            o.step(closure)
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    with pytest.raises(ConfigError, match="closure"):
+        opt.step()

@@ -48,7 +48,16 @@ class RuleOptimizer(torch.optim.Optimizer):
             str(i): (p.grad if p.grad is not None else torch.zeros_like(p))
             for i, p in enumerate(params)
         }
-        updates, self.rule_state = self.rule.update(grads, self.rule_state, self._values())
+        if self.rule.uses_loss:
+            if loss is None:
+                raise ConfigError(
+                    "this rule reads the loss: call step(closure) with a closure that returns it"
+                )
+            updates, self.rule_state = self.rule.update(
+                grads, self.rule_state, self._values(), loss.detach()
+            )
+        else:
+            updates, self.rule_state = self.rule.update(grads, self.rule_state, self._values())
         for i, p in enumerate(params):
             p.add_(updates[str(i)])
         return loss
