@@ -150,10 +150,11 @@ def main() -> None:
         result.update(row=name, recipe=recipe, eval_seconds=round(time.perf_counter() - tic, 1))
         rows.append(result)
         print(json.dumps({"row": name, **{k: result["results"][k]["final_loss"] for k in RULES}}))
-    hw = hardware()
-    results = {"rows": rows, "training": summaries, "hardware": hw, "date": time.strftime("%F")}
-    write_results(args.results / "learned_optimizers", results, table(rows, summaries, hw))
-    plot(rows, args.results / "learned_optimizers.png")
+        # written after every row, so an interrupted run keeps the rows it finished
+        hw = hardware()
+        results = {"rows": rows, "training": summaries, "hardware": hw, "date": time.strftime("%F")}
+        write_results(args.results / "learned_optimizers", results, table(rows, summaries, hw))
+        plot(rows, args.results / "learned_optimizers.png")
 
 
 if __name__ == "__main__":

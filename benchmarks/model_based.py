@@ -102,7 +102,7 @@ def markdown(rows: list[dict[str, Any]], hw: dict[str, Any]) -> str:
                 f"| {r['recipe']} | "
                 + " | ".join(cells)
                 + f" | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | "
-                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t['peak_memory_mb']} |"
+                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t.get('peak_memory_mb', '-')} |"
             )
             if r["published"]:
                 lines.append(
@@ -124,7 +124,7 @@ def markdown(rows: list[dict[str, Any]], hw: dict[str, Any]) -> str:
                 f"| {r['recipe']} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | "
                 f"{(r['published'] or {}).get('accuracy', '')} | "
                 f"{(r['target'] or {}).get('accuracy', '')} | {t['train_seconds'] / 60:.1f} | "
-                f"{t['episodes_per_s']} | {t['peak_memory_mb']} | {t['trained_by']} |"
+                f"{t['episodes_per_s']} | {t.get('peak_memory_mb', '-')} | {t['trained_by']} |"
             )
     lines += ["", hardware_line(hw), ""]
     return "\n".join(lines)
