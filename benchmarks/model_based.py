@@ -102,7 +102,8 @@ def markdown(rows: list[dict[str, Any]], hw: dict[str, Any]) -> str:
                 f"| {r['recipe']} | "
                 + " | ".join(cells)
                 + f" | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | "
-                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | {t.get('peak_memory_mb', '-')} |"
+                f"{t['train_seconds'] / 60:.1f} | {t['episodes_per_s']} | "
+                f"{t.get('peak_memory_mb', '-')} |"
             )
             if r["published"]:
                 lines.append(
