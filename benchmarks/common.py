@@ -51,6 +51,19 @@ def metakit(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def trained_run(recipe: str, run_dir: Path, summary_name: str = "train_summary.json") -> dict:
+    """Train `recipe` into `run_dir` once (resuming an interrupted run) and keep its summary."""
+    summary_file = run_dir / summary_name
+    if summary_file.exists():
+        return json.loads(summary_file.read_text())
+    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+    summary = metakit(
+        "train", recipe, "--out", str(run_dir), "--no-progress", *(["--resume"] if resume else [])
+    )
+    summary_file.write_text(json.dumps(summary))
+    return summary
+
+
 def write_results(path: Path, results: dict[str, Any], markdown: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import hardware, hardware_line, metakit, write_results
+from common import hardware, hardware_line, trained_run, write_results
 
 ROWS: list[tuple[str, str, dict[str, Any], int | None]] = [
     # (row name, recipe, problem overrides, steps)
@@ -40,16 +40,7 @@ RULES = ("learned", "sgd", "momentum", "nesterov", "rmsprop", "adam")
 
 
 def trained(recipe: str, out: Path) -> dict[str, Any]:
-    run_dir = out / recipe
-    summary_file = run_dir / "train_summary.json"
-    if summary_file.exists():
-        return json.loads(summary_file.read_text())
-    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-    summary = metakit(
-        "train", recipe, "--out", str(run_dir), "--no-progress", *(["--resume"] if resume else [])
-    )
-    summary_file.write_text(json.dumps(summary))
-    return summary
+    return trained_run(recipe, out / recipe)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

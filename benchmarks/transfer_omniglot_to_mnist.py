@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import hardware, hardware_line, metakit
+from common import hardware, hardware_line, metakit, trained_run
 
 FIT = ["--steps", "100", "--batch-size", "50"]
 MODES: dict[str, dict[str, Any]] = {
@@ -65,16 +65,7 @@ SOURCES = {"baseline": "baseline-omniglot-background", "protonet": "protonet-omn
 
 
 def ensure_source(recipe: str, out: Path) -> dict[str, Any]:
-    run_dir = out / recipe
-    summary_file = run_dir / "summary.json"
-    if summary_file.exists():
-        return json.loads(summary_file.read_text())
-    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-    summary = metakit(
-        "train", recipe, "--out", str(run_dir), "--no-progress", *(["--resume"] if resume else [])
-    )
-    summary_file.write_text(json.dumps(summary))
-    return summary
+    return trained_run(recipe, out / recipe, "summary.json")
 
 
 def plot(rows: list[dict[str, Any]], target: str, path: Path) -> None:

@@ -150,11 +150,8 @@ def val_row(result: EvalResult | RegressionResult) -> dict[str, float]:
     return {"accuracy": result.accuracy, "ci95": result.ci95}
 
 
-def train(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
-    config.validate()
-    t, e = config.train, config.eval
-    out = Path(out)
+def check_run_dir(out: Path, resume: bool) -> Path:
+    """The run's last checkpoint path, after refusing to resume nothing or overwrite a run."""
     last = out / "checkpoints" / "last.safetensors"
     if resume and not last.exists():
         raise ConfigError(f"nothing to resume: {last} does not exist")
@@ -162,6 +159,15 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         raise ConfigError(
             f"{out} already holds a run; pass --resume to continue it, or pick another --out"
         )
+    return last
+
+
+def train(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
+    config.validate()
+    t, e = config.train, config.eval
+    out = Path(out)
+    last = check_run_dir(out, resume)
 
     device = resolve_device(config.device)
     if device.type == "cpu":

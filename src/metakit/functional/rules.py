@@ -57,10 +57,6 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Up
     if lr <= 0 or not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0:
         raise ConfigError(f"invalid adam settings lr={lr}, betas=({b1}, {b2}), eps={eps}")
 
-    def init(params: Params) -> RuleState:
-        zeros = {k: torch.zeros_like(p) for k, p in params.items()}
-        return (0, zeros, dict(zeros))
-
     def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
         # torch.optim.Adam's formula, in as few ops as it takes: Reptile's test-time adaptation
         # runs 50 steps over every parameter tensor per episode, where op count is the cost
@@ -72,7 +68,7 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Up
         updates = {k: m[k] / (v[k].sqrt() / root_c2 + eps) * -step for k in grads}
         return updates, (t, m, v)
 
-    return UpdateRule(init, update)
+    return UpdateRule(scale_by_adam(b1, b2, eps).init, update)
 
 
 def scale(step: float) -> UpdateRule:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from metakit import __version__
 from metakit.config import _build, apply_overrides, read_yaml
 from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
-from metakit.engine.trainer import stop_on_interrupt
+from metakit.engine.trainer import check_run_dir, stop_on_interrupt
 from metakit.errors import ConfigError, TrainingError
 from metakit.functional.learned import LSTMOptimizer
 from metakit.l2o.evaluate import draw, run_rule
@@ -155,13 +155,7 @@ def train_l2o(
     config.validate()
     t = config.train
     out = Path(out)
-    last = out / "checkpoints" / "last.safetensors"
-    if resume and not last.exists():
-        raise ConfigError(f"nothing to resume: {last} does not exist")
-    if not resume and last.exists():
-        raise ConfigError(
-            f"{out} already holds a run; pass --resume to continue it, or pick another --out"
-        )
+    last = check_run_dir(out, resume)
     torch.manual_seed(config.seed)
     family = make_family(config.problem, "train")
     net = build_optimizer_net(config)
