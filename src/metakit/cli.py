@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+search_app = typer.Typer(
+    help="Learning to design: search with an RNN controller.", no_args_is_help=True
+)
+app.add_typer(search_app, name="search")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -325,11 +329,15 @@ def predict(
 @app.command()
 def report(
     run_dirs: Annotated[
-        list[Path], typer.Argument(help="Regression runs to compare (e.g. MAML and pretrained).")
+        list[Path],
+        typer.Argument(help="A search run, or regression runs to compare (MAML and pretrained)."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
-        "adaptation.png"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="PNG file to write (search runs: a folder, default the run)."
+        ),
+    ] = Path("adaptation.png"),
     task: Annotated[int, typer.Option(help="Index of the test task to draw.")] = 0,
     steps: Annotated[str, typer.Option(help="Adaptation steps to draw, comma-separated.")] = (
         "0,1,10"
@@ -344,9 +352,18 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Draw the adaptation plot of regression runs: the true function, the K support points, and
-    the predictions after 0, 1 and 10 steps, one panel per run."""
+    """Search run: write its reward curve (reward.png) and top-designs table (report.md). Regression
+    runs: draw the adaptation plot (the true function, the K support points, and the predictions
+    after 0, 1 and 10 steps, one panel per run)."""
     from metakit.report import adaptation_plot
+    from metakit.search.report import is_search_run, search_report
+
+    if any(is_search_run(d) for d in run_dirs):
+        if len(run_dirs) != 1:
+            fail("give one search run directory at a time")
+        target = None if out == Path("adaptation.png") else out
+        typer.echo(json.dumps(search_report(run_dirs[0], target), indent=2))
+        return
 
     overrides: list[list[str]] = [[] for _ in run_dirs]
     for item in set_ or []:
@@ -363,6 +380,50 @@ def report(
         overrides=overrides,
     )
     typer.echo(json.dumps({"written": str(path)}))
+
+
+@search_app.command("arch")
+def search_arch(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Minutes for search + derive + retraining (default 45; 0: no limit)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file with search settings (see the README).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Architecture search with weight sharing (ENAS macro space) on Fashion-MNIST: the RNN
+    controller samples children of a shared supernet, rewarded by validation accuracy; the best
+    derived architecture is retrained from scratch and scored on the test split."""
+    from metakit.search.arch import load_search_config, search_architecture
+
+    overrides = list(set_ or [])
+    for key, value in (("budget", budget), ("seed", seed), ("policy", policy)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    changed = sorted({o.split("=", 1)[0].strip() for o in overrides} - {"budget"})
+    if resume and (changed or config is not None):
+        fail(
+            "--resume continues the search as it was configured; only --budget may change, "
+            f"not {changed or ['--config']}"
+        )
+    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
+    settings = load_search_config(source, overrides)
+    try:
+        result = search_architecture(settings, out, resume=resume, progress=progress)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", code=130)
+    typer.echo(json.dumps(result))
 
 
 @app.command()

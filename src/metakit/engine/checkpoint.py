@@ -34,6 +34,39 @@ def atomic_write(path: Path, write: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state as named tensors (under `prefix`) and JSON metadata (the rest)."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    prefix: str,
+) -> None:
+    """Inverse of `optimizer_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, name = key.removeprefix(prefix).split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
 def save_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -44,15 +77,8 @@ def save_checkpoint(
     tensors = {MODEL + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = dict(meta)
     if optimizer is not None:
-        state = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, pstate in state["state"].items():
-            for key, value in pstate.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{OPTIM}{idx}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(idx), {})[key] = value
-        meta["optimizer"] = {"param_groups": state["param_groups"], "scalars": scalars}
+        optim_tensors, meta["optimizer"] = optimizer_tensors(optimizer, OPTIM)
+        tensors.update(optim_tensors)
         tensors[RNG + "torch"] = torch.get_rng_state()
     text = json.dumps(meta)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"metakit": text}))
@@ -95,16 +121,59 @@ def load_checkpoint(
     if optimizer is not None:
         if "optimizer" not in meta:
             raise CheckpointError(f"checkpoint {path} has no optimizer state to resume from")
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith(OPTIM):
-                idx, name = key.removeprefix(OPTIM).split(".", 1)
-                state.setdefault(int(idx), {})[name] = value
-        for idx, scalars in meta["optimizer"]["scalars"].items():
-            state.setdefault(int(idx), {}).update(scalars)
-        optimizer.load_state_dict(
-            {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
-        )
+        restore_optimizer(optimizer, tensors, meta["optimizer"], OPTIM)
     if restore_rng and RNG + "torch" in tensors:
         torch.set_rng_state(tensors[RNG + "torch"])
+    return meta
+
+
+def save_state(
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    meta: dict[str, Any],
+) -> None:
+    """One atomic file for a run with several models, optimizers and random streams (a search:
+    controller, shared weights, their optimizers, the sampling and data streams)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {**meta, "optimizers": {}}
+    for name, module in modules.items():
+        for k, v in module.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
+    for name, optimizer in optimizers.items():
+        optim_tensors, meta["optimizers"][name] = optimizer_tensors(optimizer, f"{OPTIM}{name}.")
+        tensors.update(optim_tensors)
+    for name, generator in generators.items():
+        tensors[f"{RNG}{name}"] = generator.get_state()
+    text = json.dumps(meta)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"metakit": text}))
+
+
+def load_state(
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generators: dict[str, torch.Generator] | None = None,
+) -> dict[str, Any]:
+    """Inverse of `save_state`: restores in place what is given; returns the metadata."""
+    meta = read_meta(path)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from None
+    for name, module in modules.items():
+        prefix = f"{name}."
+        weights = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this {name}; was it made with another config? "
+                f"({e})"
+            ) from None
+    for name, optimizer in (optimizers or {}).items():
+        restore_optimizer(optimizer, tensors, meta["optimizers"][name], f"{OPTIM}{name}.")
+    for name, generator in (generators or {}).items():
+        generator.set_state(tensors[f"{RNG}{name}"])
     return meta

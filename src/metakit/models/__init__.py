@@ -5,6 +5,7 @@ from metakit.models.conv4 import conv4
 from metakit.models.identity import identity
 from metakit.models.minilm import minilm
 from metakit.models.mlp import mlp
+from metakit.models.searched import searched
 from metakit.registry import Registry
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -12,6 +13,7 @@ BACKBONES.register("conv4")(conv4)
 BACKBONES.register("mlp")(mlp)
 BACKBONES.register("identity")(identity)
 BACKBONES.register("minilm")(minilm)
+BACKBONES.register("searched")(searched)
 
 
 def create_backbone(name: str, **options: object) -> Backbone:

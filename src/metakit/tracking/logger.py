@@ -11,8 +11,14 @@ from typing import Any
 class RunLogger:
     """Appends `{"step": s, "split": ..., **metrics}` rows; on resume drops rows past `start`."""
 
-    def __init__(self, run_dir: Path, start_step: int = 0, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(
+        self,
+        run_dir: Path,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        filename: str = "metrics.jsonl",
+    ) -> None:
+        self.path = run_dir / filename
         if start_step and self.path.exists():
             kept = [
                 line
