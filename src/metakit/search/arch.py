@@ -210,18 +210,18 @@ class ArchSearch:
 
 
 def retrain(
-    arch: Architecture,
+    net: torch.nn.Module,
     config: ArchSearchConfig,
     data: ImageData,
     path: Path,
-    seconds: float,
-    progress: bool,
-    interrupt: dict[str, bool],
+    seconds: float = math.inf,
+    progress: bool = False,
+    interrupt: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """Train `arch` from scratch (resuming from `path` if it exists) within `seconds` (inf: no
-    limit); score it on the test split. The cosine schedule is fitted to the steps that fit."""
-    torch.manual_seed(config.seed + 2)
-    net = ChildNet(arch, data.in_channels, config.channels, num_classes=data.num_classes)
+    """Train a fresh classifier `net` (the derived `ChildNet`, or a baseline at equal settings)
+    on the training images, resuming from `path` if it exists, within `seconds` (inf: no limit);
+    score it on the test split. The cosine schedule is fitted to the steps that fit."""
+    interrupt = interrupt or {"stop": False}
     opt = torch.optim.SGD(
         net.parameters(), lr=config.retrain_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
@@ -361,9 +361,11 @@ def search_architecture(
         }
         if config.retrain_epochs > 0:
             left = budget - seconds if math.isfinite(budget) else math.inf
+            torch.manual_seed(config.seed + 2)
+            net = ChildNet(arch, data.in_channels, config.channels, num_classes=data.num_classes)
             result.update(
                 retrain(
-                    arch, config, data, out / "checkpoints" / "retrain.safetensors",
+                    net, config, data, out / "checkpoints" / "retrain.safetensors",
                     max(left, 60.0), progress, interrupt,
                 )
             )  # fmt: skip
