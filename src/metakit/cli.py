@@ -407,6 +407,94 @@ def search_arch(
     derived architecture is retrained from scratch and scored on the test split."""
     from metakit.search.arch import load_search_config, search_architecture
 
+    overrides = _search_overrides(budget, seed, policy, config, set_, resume)
+    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
+    settings = load_search_config(source, overrides)
+    try:
+        result = search_architecture(settings, out, resume=resume, progress=progress)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", code=130)
+    typer.echo(json.dumps(result))
+
+
+def _expression_search(
+    target: str,
+    out: Path,
+    budget: float | None,
+    seed: int | None,
+    policy: str | None,
+    config: Path | None,
+    set_: list[str] | None,
+    resume: bool,
+    progress: bool,
+) -> None:
+    from metakit.search.expression_search import load_expression_config, search_expressions
+
+    overrides = _search_overrides(budget, seed, policy, config, set_, resume)
+    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
+    settings = load_expression_config(target, source, overrides)
+    try:
+        result = search_expressions(settings, out, resume=resume, progress=progress)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", code=130)
+    typer.echo(json.dumps(result))
+
+
+@search_app.command("optimizer")
+def search_optimizer(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
+    budget: Annotated[
+        float | None, typer.Option(help="Minutes of search (default 30; 0: no limit).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with search settings.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Neural optimizer search (Bello et al. 2017): the controller writes update rules
+    b(u1(op1), u2(op2)) over g, m, v, sign(g), sign(m), ...; each is rewarded by training a small
+    MLP on a Fashion-MNIST subset at a grid of rates. Prints the top rules as formulas."""
+    _expression_search("optimizer", out, budget, seed, policy, config, set_, resume, progress)
+
+
+@search_app.command("activation")
+def search_activation(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
+    budget: Annotated[
+        float | None, typer.Option(help="Minutes of search (default 30; 0: no limit).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with search settings.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Activation search (Ramachandran et al. 2017): the controller writes activations
+    b(u1(x), u2(x)) with a learnable beta; each is rewarded by training a small MLP on a
+    Fashion-MNIST subset. Prints the top activations as formulas."""
+    _expression_search("activation", out, budget, seed, policy, config, set_, resume, progress)
+
+
+def _search_overrides(
+    budget: float | None,
+    seed: int | None,
+    policy: str | None,
+    config: Path | None,
+    set_: list[str] | None,
+    resume: bool,
+) -> list[str]:
+    """`--set` overrides plus the named options; on --resume only the budget may change."""
     overrides = list(set_ or [])
     for key, value in (("budget", budget), ("seed", seed), ("policy", policy)):
         if value is not None:
@@ -417,13 +505,7 @@ def search_arch(
             "--resume continues the search as it was configured; only --budget may change, "
             f"not {changed or ['--config']}"
         )
-    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
-    settings = load_search_config(source, overrides)
-    try:
-        result = search_architecture(settings, out, resume=resume, progress=progress)
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", code=130)
-    typer.echo(json.dumps(result))
+    return overrides
 
 
 @app.command()

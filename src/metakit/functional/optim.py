@@ -82,3 +82,21 @@ class RuleOptimizer(torch.optim.Optimizer):
                 f"expects {spec.num_leaves}; was it saved with another rule or model?"
             )
         self.rule_state = tree_unflatten(leaves, spec)
+
+
+class PowerSign(RuleOptimizer):
+    """`torch.optim`-style PowerSign (see `metakit.functional.rules.powersign`)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-2, **options: Any) -> None:
+        from metakit.functional.rules import powersign
+
+        super().__init__(params, powersign(lr, **options))
+
+
+class AddSign(RuleOptimizer):
+    """`torch.optim`-style AddSign (see `metakit.functional.rules.addsign`)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-2, **options: Any) -> None:
+        from metakit.functional.rules import addsign
+
+        super().__init__(params, addsign(lr, **options))

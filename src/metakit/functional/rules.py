@@ -218,3 +218,81 @@ def make_rule(name: str, lr: float, beta1: float = 0.9) -> UpdateRule:
     if name not in RULES:
         raise ConfigError(f"unknown optimizer {name!r}; available: {', '.join(RULES)}")
     return adam(lr, b1=beta1) if name == "adam" else RULES[name](lr)
+
+
+DECAYS = ("none", "linear", "cyclical", "restart")
+
+
+def internal_decay(kind: str, steps: int, periods: int = 1) -> Callable[[int], float]:
+    """Bello et al.'s internal decays f(t) of the sign term: none (1), linear (1 - t/T),
+    cyclical (0.5 (1 + cos(2 pi n t / T))) and restart (cosine from 1 to 0, restarted n times)."""
+    if kind not in DECAYS:
+        raise ConfigError(f"decay must be one of {', '.join(DECAYS)}, got {kind!r}")
+    if kind != "none" and steps < 1:
+        raise ConfigError(f"decay {kind!r} needs decay_steps >= 1 (the run's number of steps)")
+    if periods < 1:
+        raise ConfigError(f"decay periods must be >= 1, got {periods}")
+    if kind == "linear":
+        return lambda t: max(0.0, 1 - t / steps)
+    if kind == "cyclical":
+        return lambda t: 0.5 * (1 + math.cos(2 * math.pi * periods * t / steps))
+    if kind == "restart":
+        period = steps / periods
+        return lambda t: 0.5 * (1 + math.cos(math.pi * (t % period) / period))
+    return lambda t: 1.0
+
+
+def _sign_rule(
+    lr: float, beta: float, decay: str, decay_steps: int, periods: int, scale_of: Callable
+) -> UpdateRule:
+    _check_lr(lr, "sign rule")
+    if not 0 <= beta < 1:
+        raise ConfigError(f"beta (the moving average of g) must lie in [0, 1), got {beta}")
+    f = internal_decay(decay, decay_steps, periods)
+
+    def init(params: Params) -> RuleState:
+        return (0, {k: torch.zeros_like(p) for k, p in params.items()})
+
+    def update(grads: Params, state: RuleState, params: Params) -> tuple[Params, RuleState]:
+        t, m = state
+        m = {k: torch.lerp(m[k], g, 1 - beta) for k, g in grads.items()}
+        ft = f(t)
+        out = {
+            k: -lr * scale_of(ft * torch.sign(g) * torch.sign(m[k])) * g for k, g in grads.items()
+        }
+        return out, (t + 1, m)
+
+    return UpdateRule(init, update)
+
+
+def powersign(
+    lr: float,
+    beta: float = 0.9,
+    alpha: float = math.e,
+    decay: str = "none",
+    decay_steps: int = 0,
+    periods: int = 1,
+) -> UpdateRule:
+    """PowerSign (Bello et al. 2017): `-lr * alpha^(f(t) sign(g) sign(m)) * g`, `m` the moving
+    average of g: a larger step where the gradient agrees with its history, a smaller one
+    where it does not."""
+    if alpha <= 0:
+        raise ConfigError(f"powersign alpha must be positive, got {alpha}")
+    log_alpha = math.log(alpha)
+    return _sign_rule(lr, beta, decay, decay_steps, periods, lambda s: torch.exp(s * log_alpha))
+
+
+def addsign(
+    lr: float,
+    beta: float = 0.9,
+    alpha: float = 1.0,
+    decay: str = "none",
+    decay_steps: int = 0,
+    periods: int = 1,
+) -> UpdateRule:
+    """AddSign (Bello et al. 2017): `-lr * (alpha + f(t) sign(g) sign(m)) * g`."""
+    return _sign_rule(lr, beta, decay, decay_steps, periods, lambda s: alpha + s)
+
+
+RULES["powersign"] = powersign
+RULES["addsign"] = addsign

@@ -12,18 +12,27 @@ from __future__ import annotations
 from torch import nn
 
 from metakit.errors import ConfigError
+from metakit.models.activations import MONOTONE, make_activation
 from metakit.models.backbone import Backbone
 from metakit.models.patchconv import PatchConv2d
 
 
-def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
+def conv_block(
+    in_channels: int, out_channels: int, pool: bool = True, activation: str = "relu"
+) -> nn.Sequential:
+    """conv → BN → pool → activation; a non-monotone activation (swish, gelu) runs before the
+    pool, where the paper has it (the swap is exact only for monotone functions)."""
     layers: list[nn.Module] = [
         PatchConv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
     ]
+    act = nn.ReLU(inplace=True) if activation == "relu" else make_activation(activation)
+    if activation not in MONOTONE:
+        layers.append(act)
     if pool:
         layers.append(nn.MaxPool2d(2))
-    layers.append(nn.ReLU(inplace=True))
+    if activation in MONOTONE:
+        layers.append(act)
     return nn.Sequential(*layers)
 
 
@@ -35,11 +44,13 @@ def conv4(
     num_classes: int = 0,
     channels_last: bool = True,
     pool: int | None = None,
+    activation: str = "relu",
 ) -> Backbone:
     """Embedding of size `hidden * (image_size // 2**pool)**2` (64 for 28x28 Omniglot).
 
     `pool` is how many of the blocks, from the first, max-pool (default: all). Relation Networks
-    use `pool: 2`, keeping a 7x7 feature map for their relation module to compare.
+    use `pool: 2`, keeping a 7x7 feature map for their relation module to compare. `activation`
+    names one of `metakit.models.activations` (relu, gelu, elu, swish, ...).
     """
     pool = depth if pool is None else pool
     if not 0 <= pool <= depth:
@@ -47,7 +58,8 @@ def conv4(
     if depth < 1 or image_size < 2**pool:
         raise ConfigError(f"image_size {image_size} is too small for {pool} pooling blocks")
     blocks = [
-        conv_block(in_channels if i == 0 else hidden, hidden, pool=i < pool) for i in range(depth)
+        conv_block(in_channels if i == 0 else hidden, hidden, pool=i < pool, activation=activation)
+        for i in range(depth)
     ]
     spatial = image_size
     for _ in range(pool):

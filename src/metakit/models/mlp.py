@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from metakit.errors import ConfigError
+from metakit.models.activations import make_activation
 from metakit.models.backbone import Backbone
 
 
@@ -14,8 +15,9 @@ def mlp(
     image_size: int = 28,
     hidden: list[int] | None = None,
     num_classes: int = 0,
+    activation: str = "relu",
 ) -> Backbone:
-    """`hidden` Linear+ReLU blocks (default 40, 40 as in the MAML sinusoid experiments).
+    """`hidden` Linear+activation blocks (default 40, 40 ReLU as in the MAML sinusoid experiments).
 
     `in_features` defaults to a flattened `in_channels x image_size x image_size` image.
     """
@@ -26,6 +28,9 @@ def mlp(
     blocks: list[nn.Module] = []
     for i, width in enumerate(widths):
         layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-        layers += [nn.Linear(features if i == 0 else widths[i - 1], width), nn.ReLU()]
+        layers += [
+            nn.Linear(features if i == 0 else widths[i - 1], width),
+            make_activation(activation),
+        ]
         blocks.append(nn.Sequential(*layers))
     return Backbone(blocks, out_dim=widths[-1], num_classes=num_classes)

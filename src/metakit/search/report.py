@@ -9,6 +9,11 @@ from typing import Any
 from metakit.search.arch import read_history
 
 
+def label(row: dict[str, Any]) -> str:
+    """How a history row names its design: an architecture or a formula."""
+    return row.get("arch") or row["design"]
+
+
 def is_search_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "history.jsonl").exists()
 
@@ -49,13 +54,16 @@ def search_report(run_dir: Path, out: Path | None = None, top: int = 10) -> dict
 
     best: dict[str, dict[str, Any]] = {}
     for r in rows:  # each design once, at its best reward (search and derive phases)
-        if r["arch"] not in best or r["reward"] > best[r["arch"]]["reward"]:
-            best[r["arch"]] = r
+        if "invalid" in r:
+            continue
+        key = label(r)
+        if key not in best or r["reward"] > best[key]["reward"]:
+            best[key] = r
     ranked = sorted(best.values(), key=lambda r: -r["reward"])[:top]
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     lines = [f"# Search {run_dir.name}", "", f"![reward curve]({png.name})", ""]
-    if result:
+    if result and "arch" in result:
         lines += [
             f"Derived architecture: `{result['arch']}` (validation accuracy with shared weights "
             f"{result['derived_val_accuracy']:.4f}, {result['evaluations']} evaluations, "
@@ -71,13 +79,13 @@ def search_report(run_dir: Path, out: Path | None = None, top: int = 10) -> dict
             ]
     lines += ["| rank | design | reward | phase | epoch |", "|---:|---|---:|---|---:|"]
     for i, r in enumerate(ranked, 1):
-        lines.append(f"| {i} | `{r['arch']}` | {r['reward']:.4f} | {r['split']} | {r['step']} |")
+        lines.append(f"| {i} | `{label(r)}` | {r['reward']:.4f} | {r['split']} | {r['step']} |")
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n")
     return {
         "reward_png": str(png),
         "report_md": str(md),
         "evaluations": len(searched),
-        "top": [{"arch": r["arch"], "reward": r["reward"]} for r in ranked],
+        "top": [{"design": label(r), "reward": r["reward"]} for r in ranked],
         **({"result": result} if result else {}),
     }
