@@ -27,10 +27,16 @@ Binary = Callable[..., torch.Tensor]  # (x, y, beta) -> tensor
 
 @dataclass(frozen=True)
 class Fn:
-    """A function of the grammar and how it is written in a formula (`{x}`, `{y}`, `{b}`)."""
+    """A function of the grammar and how it is written in a formula (`{x}`, `{y}`, `{b}`).
+
+    For brackets: `needs` is the least precedence each argument must have to go in bare (1 sums,
+    2 products, 3 atoms and calls), `gives` the precedence of the result (None: the argument's).
+    """
 
     fn: Callable[..., torch.Tensor]
     text: str
+    needs: tuple[int, int] = (0, 0)
+    gives: int | None = 3
 
 
 @dataclass(frozen=True)
@@ -117,13 +123,27 @@ class Expression:
     def formula(self) -> str:
         g = self.grammar
         text = dict(g.operand_text or {})
-        value = ""
+
+        def put(arg: tuple[str, int], need: int) -> str:
+            return arg[0] if arg[1] >= need else f"({arg[0]})"
+
+        def atom(name: str) -> tuple[str, int]:
+            t = text.get(name, name)
+            return t, 3 if t.replace(".", "").isalnum() or t.endswith(")") else 2
+
+        def unary(f: Fn, arg: tuple[str, int]) -> tuple[str, int]:
+            return f.text.format(x=put(arg, f.needs[0]), b="β"), arg[
+                1
+            ] if f.gives is None else f.gives
+
+        value: tuple[str, int] = ("", 3)
         for op1, op2, u1, u2, b in self.parts():
-            x = value if op1 == "previous" else text.get(op1, op1)
-            left = g.unary[u1].text.format(x=x, b="β")
-            right = g.unary[u2].text.format(x=text.get(op2, op2), b="β")
-            value = "(" + g.binary[b].text.format(x=left, y=right, b="β") + ")"
-        return value[1:-1] if value.startswith("(") and value.endswith(")") else value
+            left = unary(g.unary[u1], value if op1 == "previous" else atom(op1))
+            right = unary(g.unary[u2], atom(op2))
+            f = g.binary[b]
+            x, y = put(left, f.needs[0]), put(right, f.needs[1])
+            value = f.text.format(x=x, y=y, b="β"), left[1] if f.gives is None else f.gives
+        return value[0]
 
     def __str__(self) -> str:
         return self.formula()
@@ -182,8 +202,8 @@ def _drop(p: float) -> Callable[..., torch.Tensor]:
 
 
 OPTIMIZER_UNARY: dict[str, Fn] = {
-    "x": Fn(lambda x, b: x, "{x}"),
-    "neg": Fn(lambda x, b: -x, "-{x}"),
+    "x": Fn(lambda x, b: x, "{x}", gives=None),
+    "neg": Fn(lambda x, b: -x, "-{x}", (2, 0), 2),
     "exp": Fn(lambda x, b: torch.exp(x), "exp({x})"),
     "log": Fn(lambda x, b: torch.log(x.abs()), "log|{x}|"),
     "sqrt": Fn(lambda x, b: x.abs().sqrt(), "√|{x}|"),
@@ -196,12 +216,12 @@ OPTIMIZER_UNARY: dict[str, Fn] = {
     "sign": Fn(lambda x, b: torch.sign(x), "sign({x})"),
 }
 OPTIMIZER_BINARY: dict[str, Fn] = {
-    "add": Fn(lambda x, y, b: x + y, "{x} + {y}"),
-    "sub": Fn(lambda x, y, b: x - y, "{x} - {y}"),
-    "mul": Fn(lambda x, y, b: x * y, "{x}·{y}"),
-    "div": Fn(lambda x, y, b: _safe_div(x, y, 1e-8), "{x}/({y} + δ)"),
-    "pow": Fn(lambda x, y, b: torch.pow(x, y), "{x}^{y}"),
-    "keep": Fn(lambda x, y, b: x, "{x}"),
+    "add": Fn(lambda x, y, b: x + y, "{x} + {y}", (1, 1), 1),
+    "sub": Fn(lambda x, y, b: x - y, "{x} - {y}", (1, 2), 1),
+    "mul": Fn(lambda x, y, b: x * y, "{x}·{y}", (2, 2), 2),
+    "div": Fn(lambda x, y, b: _safe_div(x, y, 1e-8), "{x}/({y} + δ)", (2, 1), 2),
+    "pow": Fn(lambda x, y, b: torch.pow(x, y), "{x}^{y}", (3, 3), 3),
+    "keep": Fn(lambda x, y, b: x, "{x}", gives=None),
 }
 
 
@@ -215,14 +235,14 @@ def optimizer_grammar(depth: int = 3) -> Grammar:
 ACT_EPS = 1e-3
 
 ACTIVATION_UNARY: dict[str, Fn] = {
-    "x": Fn(lambda x, b: x, "{x}"),
-    "neg": Fn(lambda x, b: -x, "-{x}"),
+    "x": Fn(lambda x, b: x, "{x}", gives=None),
+    "neg": Fn(lambda x, b: -x, "-{x}", (2, 0), 2),
     "abs": Fn(lambda x, b: x.abs(), "|{x}|"),
-    "square": Fn(lambda x, b: x * x, "{x}²"),
-    "cube": Fn(lambda x, b: x * x * x, "{x}³"),
+    "square": Fn(lambda x, b: x * x, "{x}²", (3, 0)),
+    "cube": Fn(lambda x, b: x * x * x, "{x}³", (3, 0)),
     "sqrt": Fn(lambda x, b: x.abs().sqrt(), "√|{x}|"),
-    "beta_x": Fn(lambda x, b: b * x, "{b}{x}"),
-    "x_plus_beta": Fn(lambda x, b: x + b, "{x} + {b}"),
+    "beta_x": Fn(lambda x, b: b * x, "{b}{x}", (3, 0), 2),
+    "x_plus_beta": Fn(lambda x, b: x + b, "{x} + {b}", (1, 0), 1),
     "log": Fn(lambda x, b: torch.log(x.abs() + ACT_EPS), "log(|{x}| + ε)"),
     "exp": Fn(lambda x, b: torch.exp(x), "exp({x})"),
     "sin": Fn(lambda x, b: torch.sin(x), "sin({x})"),
@@ -242,16 +262,18 @@ ACTIVATION_UNARY: dict[str, Fn] = {
     "beta": Fn(lambda x, b: b * _ones(x), "{b}"),
 }
 ACTIVATION_BINARY: dict[str, Fn] = {
-    "add": Fn(lambda x, y, b: x + y, "{x} + {y}"),
-    "mul": Fn(lambda x, y, b: x * y, "{x}·{y}"),
-    "sub": Fn(lambda x, y, b: x - y, "{x} - {y}"),
-    "div": Fn(lambda x, y, b: x / (y + ACT_EPS), "{x}/({y} + ε)"),
+    "add": Fn(lambda x, y, b: x + y, "{x} + {y}", (1, 1), 1),
+    "mul": Fn(lambda x, y, b: x * y, "{x}·{y}", (2, 2), 2),
+    "sub": Fn(lambda x, y, b: x - y, "{x} - {y}", (1, 2), 1),
+    "div": Fn(lambda x, y, b: x / (y + ACT_EPS), "{x}/({y} + ε)", (2, 1), 2),
     "max": Fn(lambda x, y, b: torch.maximum(x, y), "max({x}, {y})"),
     "min": Fn(lambda x, y, b: torch.minimum(x, y), "min({x}, {y})"),
-    "sigmoid_mul": Fn(lambda x, y, b: torch.sigmoid(x) * y, "σ({x})·{y}"),
-    "gauss_diff": Fn(lambda x, y, b: torch.exp(-b * (x - y) ** 2), "exp(-{b}({x} - {y})²)"),
-    "laplace_diff": Fn(lambda x, y, b: torch.exp(-b * (x - y).abs()), "exp(-{b}|{x} - {y}|)"),
-    "mix": Fn(lambda x, y, b: b * x + (1 - b) * y, "{b}{x} + (1 - {b}){y}"),
+    "sigmoid_mul": Fn(lambda x, y, b: torch.sigmoid(x) * y, "σ({x})·{y}", (0, 2), 2),
+    "gauss_diff": Fn(lambda x, y, b: torch.exp(-b * (x - y) ** 2), "exp(-{b}({x} - {y})²)", (1, 2)),
+    "laplace_diff": Fn(
+        lambda x, y, b: torch.exp(-b * (x - y).abs()), "exp(-{b}|{x} - {y}|)", (1, 2)
+    ),
+    "mix": Fn(lambda x, y, b: b * x + (1 - b) * y, "{b}{x} + (1 - {b}){y}", (3, 3), 1),
 }
 
 

@@ -1,0 +1,258 @@
+"""Optimizer search (Bello et al. 2017) and activation search (Ramachandran et al. 2017) on
+Fashion-MNIST, and the shipped results: PowerSign / AddSign and Swish against the usual choices.
+
+Protocol. Child task: a Fashion-MNIST subset (2,000 training images; rewards on 1,000 images of a
+seeded 5,000-image validation split cut from the training set), the test split never seen by a
+search. Optimizer child: MLP 784-32-10 (ReLU), 200 steps of 128, the best of the rates
+1e-3, 1e-2, 1e-1, 1. Activation child: MLP 784-64-64-64-10 with the activation in every hidden
+layer (own learnable beta), Adam 3e-3, 200 steps. Controller and random search run the same
+number of iterations of 8 designs (equal evaluations) per seed; each reports its best design's
+reward, and the mean over seeds with a t-based 95% CI.
+
+Parts:
+  search-optimizer / search-activation: controller vs random, top designs as formulas
+  sign: PowerSign, AddSign, SGD with momentum and Adam, each at its rate tuned on the
+        validation images (grid 1e-4, 1e-3, .., 1), scored on the test split: the child MLP
+        (`child`) and a held-out task (Conv-4 with 16 channels, 500 steps on 10,000 images,
+        `heldout`), over seeds
+  swish: Swish vs ReLU, GELU, ELU in the activation child (1,000 steps, 10,000 training images),
+        test accuracy over seeds
+
+    python benchmarks/search_rules.py --part sign,swish --seeds 0,1,2,3,4
+    python benchmarks/search_rules.py --part search-optimizer --seeds 0,1,2 --iterations 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from common import hardware, hardware_line, metakit, write_results
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+
+
+def mean_ci(values: list[float]) -> dict[str, Any]:
+    if len(values) < 2:
+        return {"mean": values[0] if values else math.nan, "ci95": None, "n": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": statistics.mean(values), "ci95": half, "n": len(values)}
+
+
+def is_sign_family(formula: str) -> bool:
+    return "sign(g)" in formula and "sign(m̂)" in formula
+
+
+def swish_like(expression: Any) -> bool:
+    """Close to x * sigmoid(b x) for some b (relative max error < 5% on [-5, 5], beta = 1)."""
+    x = torch.linspace(-5, 5, 201)
+    with torch.no_grad():
+        y = expression({"x": x}, torch.tensor(1.0))
+    for b in (0.25, 0.5, 1.0, 1.5, 2.0, 4.0):
+        s = x * torch.sigmoid(b * x)
+        if torch.isfinite(y).all() and (y - s).abs().max() < 0.05 * s.abs().max():
+            return True
+    return False
+
+
+# -- searches --------------------------------------------------------------------------------
+def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for seed in args.seeds:
+        for policy in ("controller", "random"):
+            run_dir = args.out / f"{target}-{policy}-seed{seed}"
+            if (run_dir / "result.json").exists():
+                result = json.loads((run_dir / "result.json").read_text())
+            else:
+                resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+                result = metakit(
+                    "search", target, "--out", str(run_dir), "--seed", str(seed),
+                    "--policy", policy, "--no-progress",
+                    *(["--resume"] if resume else [
+                        "--budget", "0", "--set", f"iterations={args.iterations}"
+                    ]),
+                )  # fmt: skip
+            top = result["top"]
+            row = {
+                "policy": policy,
+                "seed": seed,
+                "best_reward": top[0]["reward"] if top else 0.0,
+                "top5_mean_reward": statistics.mean(t["reward"] for t in top[:5]) if top else 0.0,
+                "evaluations": result["evaluations"],
+                "distinct_designs": result["distinct_designs"],
+                "invalid_share": result["invalid_share"],
+                "search_seconds": result["search_seconds"],
+                "top": top[:10],
+            }
+            if target == "optimizer":
+                row["sign_family_in_top5"] = any(is_sign_family(t["design"]) for t in top[:5])
+            else:
+                from metakit.search.grammar import activation_grammar
+
+                grammar = activation_grammar(depth=2)
+                row["swish_like_in_top10"] = any(
+                    swish_like(grammar.expression(t["tokens"])) for t in top[:10]
+                )
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
+    summary = {}
+    for policy in ("controller", "random"):
+        for key in ("best_reward", "top5_mean_reward"):
+            summary[f"{policy} {key}"] = mean_ci([r[key] for r in rows if r["policy"] == policy])
+    by = {(r["policy"], r["seed"]): r for r in rows}
+    summary["controller - random best_reward (paired)"] = mean_ci(
+        [by["controller", s]["best_reward"] - by["random", s]["best_reward"] for s in args.seeds]
+    )
+    return {"rows": rows, "summary": summary}
+
+
+# -- PowerSign / AddSign vs momentum and Adam -------------------------------------------------
+def fit_and_score(
+    model: torch.nn.Module, rule: Any, data: Any, n_train: int, steps: int, batch: int, seed: int
+) -> tuple[float, float]:
+    """Validation and test accuracy after `steps` minibatches with `rule` (0, 0 if diverged)."""
+    from metakit.functional.optim import RuleOptimizer
+
+    opt = RuleOptimizer(model.parameters(), rule)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        idx = torch.randint(n_train, (batch,), generator=gen)
+        loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        if not torch.isfinite(loss):
+            return 0.0, 0.0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        val = float((model(data.val_x[:2000]).argmax(-1) == data.val_y[:2000]).float().mean())
+        test = float((model(data.test_x).argmax(-1) == data.test_y).float().mean())
+    return val, test
+
+
+def sign_part(args: argparse.Namespace) -> dict[str, Any]:
+    from metakit import create_backbone
+    from metakit.functional.rules import adam, addsign, momentum, powersign
+    from metakit.search.child import load_image_data
+
+    rules = {"powersign": powersign, "addsign": addsign, "momentum": momentum, "adam": adam}
+    data = load_image_data()
+
+    def child(seed: int) -> torch.nn.Module:  # the optimizer search's child network
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
+
+    def heldout(seed: int) -> torch.nn.Module:  # another architecture, more data and steps
+        torch.manual_seed(seed)
+        return create_backbone("conv4", hidden=16, num_classes=10)
+
+    tasks = {"child": (child, 2000, 200, 128), "heldout": (heldout, 10000, 500, 64)}
+    rows = []
+    for task, (build, n_train, steps, batch) in tasks.items():
+        for seed in args.seeds:
+            for name, make in rules.items():
+                scores = [
+                    (*fit_and_score(build(seed), make(lr), data, n_train, steps, batch, seed), lr)
+                    for lr in GRID
+                ]
+                val, test, lr = max(scores, key=lambda v: v[0])
+                rows.append(
+                    {"task": task, "rule": name, "seed": seed, "val": val, "lr": lr, "test": test}
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for task in tasks:
+        pick = {(r["rule"], r["seed"]): r["test"] for r in rows if r["task"] == task}
+        for name in rules:
+            summary[f"{task} {name} test accuracy"] = mean_ci([pick[name, s] for s in args.seeds])
+        summary[f"{task} powersign - momentum (paired)"] = mean_ci(
+            [pick["powersign", s] - pick["momentum", s] for s in args.seeds]
+        )
+    return {"rows": rows, "summary": summary}
+
+
+def swish_part(args: argparse.Namespace) -> dict[str, Any]:
+    from metakit.search.activation import named_activation, train_child
+    from metakit.search.child import load_image_data
+    from metakit.search.optimizer import ChildTask
+
+    data = load_image_data()
+    task = ChildTask.from_data(data, 10000, 5000)
+    test_task = ChildTask(task.train_x, task.train_y, data.test_x.flatten(1), data.test_y, 10)
+    rows = []
+    for seed in args.seeds:
+        for name in ("swish", "relu", "gelu", "elu"):
+            acc = train_child(named_activation(name), test_task, steps=1000, seed=seed)
+            rows.append({"activation": name, "seed": seed, "test": acc})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = {
+        f"{a} test accuracy": mean_ci([r["test"] for r in rows if r["activation"] == a])
+        for a in ("swish", "relu", "gelu", "elu")
+    }
+    pick = {(r["activation"], r["seed"]): r["test"] for r in rows}
+    summary["swish - relu (paired)"] = mean_ci(
+        [pick["swish", s] - pick["relu", s] for s in args.seeds]
+    )
+    return {"rows": rows, "summary": summary}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# Optimizer and activation search (Fashion-MNIST child tasks)", ""]
+    for part, res in results.items():
+        if part == "hardware":
+            continue
+        lines += [f"## {part}", ""]
+        for key, s in res["summary"].items():
+            ci = f" ± {100 * s['ci95']:.2f}" if s["ci95"] is not None else ""
+            lines.append(f"- {key}: {100 * s['mean']:.2f}{ci} (n = {s['n']})")
+        for row in res["rows"]:
+            if "top" in row:
+                lines += ["", f"Top designs, {row['policy']} seed {row['seed']}:", ""]
+                lines += [
+                    f"{i}. `{t['design']}` ({100 * t['reward']:.2f})"
+                    for i, t in enumerate(row["top"][:10], 1)
+                ]
+        lines.append("")
+    lines += [hardware_line(results["hardware"]), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="sign,swish")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=Path("runs/search_rules"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/search_rules"))
+    args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    path = args.results.with_suffix(".json")
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["hardware"] = hardware()
+    parts = {
+        "search-optimizer": lambda: search_part("optimizer", args),
+        "search-activation": lambda: search_part("activation", args),
+        "sign": lambda: sign_part(args),
+        "swish": lambda: swish_part(args),
+    }
+    for part in args.part.split(","):
+        start = time.perf_counter()
+        results[part] = parts[part]()
+        results[part]["seconds"] = round(time.perf_counter() - start, 1)
+        write_results(args.results, results, markdown(results))
+    print(json.dumps({p: r["summary"] for p, r in results.items() if p != "hardware"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
