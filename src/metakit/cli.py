@@ -329,9 +329,12 @@ def predict(
 @app.command()
 def report(
     run_dirs: Annotated[
-        list[Path],
-        typer.Argument(help="A search run, or regression runs to compare (MAML and pretrained)."),
-    ],
+        list[Path] | None,
+        typer.Argument(
+            help="A results folder (default benchmarks/results), a search run, or regression "
+            "runs to compare (MAML and pretrained)."
+        ),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -352,12 +355,21 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Search run: write its reward curve (reward.png) and top-designs table (report.md). Regression
+    """Results folder: write report.html (self-contained) and report.md with every benchmark
+    table, its plots, and each figure marked as meeting or missing its published number. Search
+    run: write its reward curve (reward.png) and top-designs table (report.md). Regression
     runs: draw the adaptation plot (the true function, the K support points, and the predictions
     after 0, 1 and 10 steps, one panel per run)."""
     from metakit.report import adaptation_plot
     from metakit.search.report import is_search_run, search_report
 
+    run_dirs = run_dirs or [Path("benchmarks/results")]
+    if len(run_dirs) == 1 and is_results_folder(run_dirs[0]):
+        from metakit.results_page import build_results_page
+
+        target = None if out == Path("adaptation.png") else out
+        typer.echo(json.dumps(build_results_page(run_dirs[0], target), indent=2))
+        return
     if any(is_search_run(d) for d in run_dirs):
         if len(run_dirs) != 1:
             fail("give one search run directory at a time")
@@ -380,6 +392,11 @@ def report(
         overrides=overrides,
     )
     typer.echo(json.dumps({"written": str(path)}))
+
+
+def is_results_folder(path: Path) -> bool:
+    """A folder of benchmark results: JSON tables, not a run (no config.yaml)."""
+    return path.is_dir() and not (path / "config.yaml").exists() and any(path.glob("*.json"))
 
 
 @search_app.command("arch")

@@ -106,9 +106,10 @@ class ArchSearchConfig:
         return asdict(self)
 
 
-def load_search_config(path: Path | None = None, overrides: list[str] | None = None):
-    d = read_yaml(path) if path is not None else {}
-    d.setdefault("kind", KIND)
+def load_search_config(
+    path: Path | None = None, overrides: list[str] | None = None
+) -> ArchSearchConfig:
+    d = {**ArchSearchConfig().to_dict(), **(read_yaml(path) if path is not None else {})}
     if d["kind"] != KIND:
         raise ConfigError(f"{path} is a {d['kind']!r} config, not an architecture search")
     return _build(ArchSearchConfig, apply_overrides(d, overrides or []), "search").validate()

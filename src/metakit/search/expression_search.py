@@ -86,9 +86,10 @@ class ExpressionSearchConfig:
 def load_expression_config(
     target: str, path: Path | None = None, overrides: list[str] | None = None
 ) -> ExpressionSearchConfig:
-    d = read_yaml(path) if path is not None else {}
-    d.setdefault("kind", KIND)
-    d.setdefault("target", target)
+    d = {
+        **ExpressionSearchConfig(target=target).to_dict(),
+        **(read_yaml(path) if path is not None else {}),
+    }
     if d["kind"] != KIND or d["target"] != target:
         raise ConfigError(f"{path} is not a {target} search config")
     return _build(ExpressionSearchConfig, apply_overrides(d, overrides or []), "search").validate()
