@@ -49,6 +49,28 @@ def test_content_read_weights_sum_to_one_and_follow_cosine():
     assert torch.allclose(reads[0, 0], expected @ memory[0])
 
 
+@pytest.mark.parametrize("read_from", ["previous", "written"])
+def test_read_addresses_the_memory_before_or_after_the_write(read_from):
+    torch.manual_seed(0)
+    algo = MANN(
+        create_backbone("identity", in_features=4), ways=2, slots=6, width=3, heads=2,
+        read_from=read_from,
+    )  # fmt: skip
+    state = algo.initial_state(1, torch.zeros(1, 4))
+    _, state = algo.step(state, torch.randn(1, 4), torch.zeros(1, 2))
+    x = torch.randn(1, 4)
+    _, new = algo.step(state, x, torch.zeros(1, 2))
+    h, _ = algo.cell(
+        torch.cat([x, torch.zeros(1, 2), state.reads.flatten(1)], -1), (state.h, state.c)
+    )
+    iface = algo.interface(h).view(1, 2, 5)
+    keys, strength = torch.tanh(iface[..., :3]), torch.nn.functional.softplus(iface[..., 4]) + 1
+    addressed = state.memory if read_from == "previous" else new.memory
+    weights, _ = content_read(addressed, keys, strength)
+    assert torch.allclose(new.read_weights, weights, atol=1e-6)
+    assert torch.allclose(new.reads, weights @ new.memory, atol=1e-6)  # the values of M_t
+
+
 def test_usage_decays_with_gamma_and_picks_the_least_used():
     torch.manual_seed(0)
     algo = MANN(create_backbone("identity", in_features=4), ways=2, slots=6, width=3, heads=2)
