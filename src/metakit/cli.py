@@ -457,50 +457,44 @@ def _expression_search(
     typer.echo(json.dumps(result))
 
 
-@search_app.command("optimizer")
-def search_optimizer(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
-    budget: Annotated[
-        float | None, typer.Option(help="Minutes of search (default 30; 0: no limit).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
-    policy: Annotated[
-        str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with search settings.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
+def _expression_command(target: str, doc: str) -> None:
+    """Register `metakit search TARGET` (optimizer or activation): same options, own target."""
+
+    def command(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
+        budget: Annotated[
+            float | None, typer.Option(help="Minutes of search (default 30; 0: no limit).")
+        ] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
+        policy: Annotated[
+            str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
+        ] = None,
+        config: Annotated[Path | None, typer.Option(help="YAML file with search settings.")] = None,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", help="Override: key=value (repeatable)."),
+        ] = None,
+        resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ) -> None:
+        _expression_search(target, out, budget, seed, policy, config, set_, resume, progress)
+
+    command.__doc__ = doc
+    search_app.command(target)(command)
+
+
+_expression_command(
+    "optimizer",
     """Neural optimizer search (Bello et al. 2017): the controller writes update rules
     b(u1(op1), u2(op2)) over g, m, v, sign(g), sign(m), ...; each is rewarded by training a small
-    MLP on a Fashion-MNIST subset at a grid of rates. Prints the top rules as formulas."""
-    _expression_search("optimizer", out, budget, seed, policy, config, set_, resume, progress)
-
-
-@search_app.command("activation")
-def search_activation(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Search run directory.")],
-    budget: Annotated[
-        float | None, typer.Option(help="Minutes of search (default 30; 0: no limit).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the whole search.")] = None,
-    policy: Annotated[
-        str | None, typer.Option(help="controller (REINFORCE) or random (random search).")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with search settings.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override: key=value (repeatable).")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
+    MLP on a Fashion-MNIST subset at a grid of rates. Prints the top rules as formulas.""",
+)
+_expression_command(
+    "activation",
     """Activation search (Ramachandran et al. 2017): the controller writes activations
     b(u1(x), u2(x)) with a learnable beta; each is rewarded by training a small MLP on a
-    Fashion-MNIST subset. Prints the top activations as formulas."""
-    _expression_search("activation", out, budget, seed, policy, config, set_, resume, progress)
+    Fashion-MNIST subset. Prints the top activations as formulas.""",
+)
 
 
 def _search_overrides(

@@ -99,6 +99,15 @@ def read_meta(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A checkpoint's metadata and tensors, or a CheckpointError that says what is wrong."""
+    meta = read_meta(path)
+    try:
+        return meta, load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from None
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -106,11 +115,7 @@ def load_checkpoint(
     restore_rng: bool = False,
 ) -> dict[str, Any]:
     """Load weights (and optimizer/RNG state when given) into place; return the metadata."""
-    meta = read_meta(path)
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from None
+    meta, tensors = read_checkpoint(path)
     weights = {k.removeprefix(MODEL): v for k, v in tensors.items() if k.startswith(MODEL)}
     try:
         model.load_state_dict(weights)
@@ -157,11 +162,7 @@ def load_state(
     generators: dict[str, torch.Generator] | None = None,
 ) -> dict[str, Any]:
     """Inverse of `save_state`: restores in place what is given; returns the metadata."""
-    meta = read_meta(path)
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from None
+    meta, tensors = read_checkpoint(path)
     for name, module in modules.items():
         prefix = f"{name}."
         weights = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
