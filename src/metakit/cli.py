@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,12 +44,27 @@ def train(
         bool, typer.Option(help="Continue the run in --out where it stopped.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes on this machine (torch.distributed via torchrun; each step's "
+            "meta-batch is shared between them). For several machines, launch "
+            "`torchrun ... -m metakit.cli train ...` yourself."
+        ),
+    ] = 1,
 ) -> None:
     """Train a recipe into a run directory (config.yaml, metrics.jsonl, checkpoints/, tb/)."""
     from metakit.config import load_config, recipe_kind, recipe_path
     from metakit.engine.trainer import resume_config
     from metakit.engine.trainer import train as run_training
 
+    if nproc < 1:
+        fail(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = [recipe, "--out", str(out), *[x for o in set_ or [] for x in ("--set", o)]]
+        argv += ["--resume"] * resume + ["--no-progress"] * (not progress)
+        launch(nproc, ["train", *argv])
+        return
     overrides = list(set_ or [])
     path = out / "config.yaml" if resume and (out / "config.yaml").exists() else None
     if recipe_kind(path or recipe_path(recipe)) == "l2o":
@@ -65,7 +81,25 @@ def train(
         summary = run_training(config, out, resume=resume, progress=progress)
     except KeyboardInterrupt as e:
         fail(str(e) or "interrupted", code=130)
-    typer.echo(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(json.dumps(summary))
+
+
+def launch(nproc: int, command: list[str]) -> None:
+    """Run `metakit COMMAND` in `nproc` local processes under torchrun (standalone rendezvous on
+    this machine). If one process fails, torchrun stops the others; its error is raised here."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "metakit.cli", *command])
+    except ChildFailedError as e:
+        rank, first = e.get_first_failure()
+        fail(
+            f"{nproc}-process run failed: rank {rank} failed first (exit code {first.exitcode}) "
+            "and the other processes were stopped; its error is printed above. The last "
+            "checkpoint (if any) is intact: fix the cause and continue with --resume."
+        )
 
 
 @app.command("eval")
@@ -107,6 +141,7 @@ def eval_(
     """Evaluate a trained run on fixed-seed episodes: mean accuracy (regression: MSE after each
     of eval.adapt_steps adaptation steps) and its 95% CI."""
     from metakit.config import recipe_kind
+    from metakit.engine import distributed
     from metakit.engine.build import build_dataset, load_run, read_run_config, resolve_device
     from metakit.engine.evaluate import evaluate, evaluate_regression
 
@@ -124,6 +159,9 @@ def eval_(
         fail(f"--method must be nearest-centroid (or {own!r}, the run's own), got {method!r}")
     dev = resolve_device(device)
     algorithm.to(dev)
+    # under torchrun (`torchrun --nproc-per-node N -m metakit.cli eval RUN`) the processes
+    # share the episodes; rank 0 prints the gathered result
+    ctx = distributed.setup(dev)
     e = config.eval
     split = split or e.split
     dataset = build_dataset(config)
@@ -177,6 +215,9 @@ def eval_(
         "overrides": list(set_ or []),
         **extra,
     }
+    distributed.teardown()
+    if not ctx.main:
+        return
     if json_:
         typer.echo(json.dumps(out))
     else:

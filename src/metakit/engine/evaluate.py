@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from metakit.algorithms.base import Algorithm
 from metakit.data.source import EpisodeSampler
+from metakit.engine import distributed
 from metakit.errors import ConfigError
 
 
@@ -95,20 +96,25 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """Adapt on each episode's support set and score its queries, exactly as a user would."""
+    """Adapt on each episode's support set and score its queries, exactly as a user would.
+    Under torchrun, each process scores every N-th episode and the accuracies are gathered, so
+    mean and CI are those of one process."""
+    ctx = distributed.current()
     was_training = algorithm.training
     algorithm.eval()
-    accs = torch.empty(episodes)
+    mine = range(ctx.rank, episodes, ctx.world)
+    accs = torch.empty(len(mine))
     start = time.perf_counter()
+    bar = tqdm(mine, desc=f"eval {split}", disable=not progress or not ctx.main, unit="ep")
     try:
-        for i in tqdm(range(episodes), desc=f"eval {split}", disable=not progress, unit="ep"):
+        for j, i in enumerate(bar):
             ep = sampler.sample(i).to(device)
             with algorithm.inference():
                 logits = algorithm.logits(algorithm.adapt(ep.support_x, ep.support_y), ep.query_x)
-            accs[i] = (logits.argmax(-1) == ep.query_y).float().mean().item()
+            accs[j] = (logits.argmax(-1) == ep.query_y).float().mean().item()
     finally:
         algorithm.train(was_training)
-    mean, ci = mean_ci95(accs)
+    mean, ci = mean_ci95(distributed.gather_by_index(accs, episodes, ctx))
     return EvalResult(
         accuracy=mean,
         ci95=ci,

@@ -27,12 +27,21 @@ from metakit.algorithms import ALGORITHMS, Algorithm
 from metakit.config import Config, read_yaml, save_config
 from metakit.data.batches import BatchSampler
 from metakit.data.source import EpisodeSampler
+from metakit.engine import distributed
 from metakit.engine.build import build_algorithm, build_dataset, resolve_device
 from metakit.engine.checkpoint import load_checkpoint, save_checkpoint
 from metakit.engine.evaluate import EvalResult, RegressionResult, evaluate, evaluate_regression
 from metakit.engine.memory import keep_freed_memory, peak_memory_mb
 from metakit.errors import ConfigError, TrainingError
 from metakit.tracking import RunLogger
+
+
+class NullLogger:
+    """What ranks other than 0 log to: nothing (rank 0 writes the run directory)."""
+
+    def log(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        pass
+
 
 # Keys that may change when a run is resumed; anything else would silently change the run.
 RESUMABLE_KEYS = {("train", "episodes"), ("train", "minutes"), ("device",)}
@@ -163,13 +172,29 @@ def check_run_dir(out: Path, resume: bool) -> Path:
 
 
 def train(config: Config, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `config` into run directory `out`; return a summary (steps, best val, speed)."""
+    """Train `config` into run directory `out`; return a summary (steps, best val, speed).
+    Under torchrun, the processes share each step's tasks (see `engine/distributed.py`)."""
     config.validate()
-    t, e = config.train, config.eval
-    out = Path(out)
-    last = check_run_dir(out, resume)
-
     device = resolve_device(config.device)
+    ctx = distributed.setup(device)
+    try:
+        return _train(config, Path(out), resume, progress, device, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _train(
+    config: Config,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    device: torch.device,
+    ctx: distributed.Context,
+) -> dict[str, Any]:
+    t, e = config.train, config.eval
+    last = check_run_dir(out, resume)
+    distributed.barrier(ctx)  # every rank has checked the run directory before rank 0 writes
+    offset, per_rank = ctx.shard(t.meta_batch) if ctx.active else (0, t.meta_batch)
     if device.type == "cpu":
         keep_freed_memory()  # no page faults for each iteration's activations (see memory.py)
     torch.manual_seed(config.seed)
@@ -177,6 +202,11 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
     sampler: EpisodeSampler | BatchSampler
     if getattr(ALGORITHMS.get(config.algorithm["name"]), "supervised", False):
         # supervised pretraining (baseline): labelled minibatches over all training classes
+        if ctx.active:
+            raise ConfigError(
+                "several processes share episodic meta-batches; supervised pretraining "
+                f"({config.algorithm['name']}) runs in one process"
+            )
         train_split = dataset.split(t.split)  # type: ignore[attr-defined]
         config.algorithm.setdefault("num_classes", train_split.num_classes)
         sampler = BatchSampler(train_split, t.batch_size, seed=config.seed)
@@ -193,8 +223,9 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         step, best, seconds = meta["step"], meta["best_metric"], meta.get("train_seconds", 0.0)
     saved = {"last": step if resume else None}
     config.metakit_version = __version__
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
     base_meta = {
         "config": config.to_dict(),
         "preprocess": dataset.preprocess.to_dict() if dataset.preprocess else None,
@@ -209,25 +240,33 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
 
     def checkpoint(name: str) -> None:
         meta = {**base_meta, "step": step, "best_metric": best, "train_seconds": seconds}
-        save_checkpoint(out / "checkpoints" / f"{name}.safetensors", algorithm, meta, optimizer)
+        if ctx.main:
+            save_checkpoint(out / "checkpoints" / f"{name}.safetensors", algorithm, meta, optimizer)
         saved[name] = step
 
     window: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
-    bar = tqdm(total=t.episodes, initial=step, disable=not progress, unit="step", desc=config.name)
-    with RunLogger(out, start_step=step) as logger, stop_on_interrupt() as interrupt:
+    bar = tqdm(
+        total=t.episodes, initial=step, disable=not progress or not ctx.main, unit="step",
+        desc=config.name,
+    )  # fmt: skip
+    logs = RunLogger(out, start_step=step) if ctx.main else contextlib.nullcontext(NullLogger())
+    with logs as logger, stop_on_interrupt() as interrupt:
         algorithm.train()
         budget = t.minutes * 60 if t.minutes > 0 else math.inf
         while step < t.episodes and seconds < budget:
             tic = time.perf_counter()
             lr = learning_rate(config, step)
             set_learning_rate(optimizer, lr)
-            if t.meta_batch == 1:
+            if ctx.active:  # this rank's contiguous share of the step's tasks
+                batch = sampler.batch(step * t.meta_batch + offset, per_rank)
+            elif t.meta_batch == 1:
                 batch = sampler.sample(step)
             else:
                 batch = sampler.batch(step * t.meta_batch, t.meta_batch)
             with autocast(t.precision, device):
                 loss, metrics = algorithm.meta_loss(batch.to(device))
+            metrics = distributed.mean_over_ranks(metrics, ctx)  # NaN anywhere stops every rank
             if not math.isfinite(metrics["loss"]):
                 held = (
                     f"resume from the last checkpoint (step {saved['last']}) with --resume"
@@ -240,9 +279,11 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(list(algorithm.parameters()), ctx)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(algorithm.parameters(), t.grad_clip)
             optimizer.step()
+            distributed.average_buffers(algorithm, ctx)
             step += 1
             seconds += time.perf_counter() - tic
             last_step = step == t.episodes or seconds >= budget
@@ -274,7 +315,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
                     checkpoint("best")
                 checkpoint("last")
                 window_start += time.perf_counter() - val_start  # episodes/s counts training only
-            if interrupt["stop"]:
+            if distributed.any_rank(interrupt["stop"], ctx):
                 checkpoint("last")
                 bar.close()
                 raise KeyboardInterrupt(
@@ -290,6 +331,7 @@ def train(config: Config, out: Path, resume: bool = False, progress: bool = True
         ),
         "train_seconds": round(seconds, 2),
         "episodes_per_s": round(step * t.meta_batch / max(seconds, 1e-9), 2),
+        "processes": ctx.world,
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "run_dir": str(out),
     }

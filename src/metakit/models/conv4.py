@@ -18,12 +18,16 @@ from metakit.models.patchconv import PatchConv2d
 
 
 def conv_block(
-    in_channels: int, out_channels: int, pool: bool = True, activation: str = "relu"
+    in_channels: int,
+    out_channels: int,
+    pool: bool = True,
+    activation: str = "relu",
+    bias: bool = True,
 ) -> nn.Sequential:
     """conv → BN → pool → activation; a non-monotone activation (swish, gelu) runs before the
     pool, where the paper has it (the swap is exact only for monotone functions)."""
     layers: list[nn.Module] = [
-        PatchConv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        PatchConv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias),
         nn.BatchNorm2d(out_channels),
     ]
     act = nn.ReLU(inplace=True) if activation == "relu" else make_activation(activation)
@@ -45,12 +49,16 @@ def conv4(
     channels_last: bool = True,
     pool: int | None = None,
     activation: str = "relu",
+    bias: bool = True,
 ) -> Backbone:
     """Embedding of size `hidden * (image_size // 2**pool)**2` (64 for 28x28 Omniglot).
 
     `pool` is how many of the blocks, from the first, max-pool (default: all). Relation Networks
     use `pool: 2`, keeping a 7x7 feature map for their relation module to compare. `activation`
-    names one of `metakit.models.activations` (relu, gelu, elu, swish, ...).
+    names one of `metakit.models.activations` (relu, gelu, elu, swish, ...). `bias: false`
+    drops the convolution biases, which the BatchNorm after each convolution cancels: their true
+    gradient is zero, so Adam steps them by the learning rate on rounding noise alone (and
+    processes that sum gradients in another order drift apart through them).
     """
     pool = depth if pool is None else pool
     if not 0 <= pool <= depth:
@@ -58,7 +66,9 @@ def conv4(
     if depth < 1 or image_size < 2**pool:
         raise ConfigError(f"image_size {image_size} is too small for {pool} pooling blocks")
     blocks = [
-        conv_block(in_channels if i == 0 else hidden, hidden, pool=i < pool, activation=activation)
+        conv_block(
+            in_channels if i == 0 else hidden, hidden, i < pool, activation=activation, bias=bias
+        )
         for i in range(depth)
     ]
     spatial = image_size
