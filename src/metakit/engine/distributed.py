@@ -19,6 +19,7 @@ BatchNorm) are unaffected; parameters and optimizer state are the same as with o
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,6 +74,10 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+#: seconds this process has spent in gradient all-reduces (the benchmark's communication share)
+COMMUNICATION = {"seconds": 0.0}
+
+
 def average_gradients(params: list[torch.nn.Parameter], ctx: Context) -> None:
     """Replace each gradient by its mean over the ranks (one all-reduce of a flat buffer)."""
     if not ctx.active:
@@ -81,7 +86,9 @@ def average_gradients(params: list[torch.nn.Parameter], ctx: Context) -> None:
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
+    tic = time.perf_counter()
     dist.all_reduce(flat)
+    COMMUNICATION["seconds"] += time.perf_counter() - tic
     flat /= ctx.world
     offset = 0
     for g in grads:

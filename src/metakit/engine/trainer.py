@@ -149,6 +149,21 @@ def validate(
     return evaluate(algorithm, sampler, t.val_episodes, split=t.val_split, device=device)
 
 
+def runtime(
+    algorithm: Algorithm, config: Config, device: torch.device, ctx: distributed.Context
+) -> dict[str, Any]:
+    """The device-dependent choices this run made, recorded in its summary and checkpoints."""
+    use_vmap = getattr(algorithm, "_use_vmap", None)
+    return {
+        "device": device.type,
+        "processes": ctx.world,
+        "threads": torch.get_num_threads(),
+        "precision": config.train.precision,
+        "channels_last": bool(getattr(algorithm.backbone, "channels_last", False)),
+        **({"inner_loop": "vmap" if use_vmap(device) else "loop"} if use_vmap else {}),
+    }
+
+
 def algorithm_task(algorithm: Algorithm) -> str:
     return getattr(algorithm, "task", "classification")
 
@@ -233,6 +248,7 @@ def _train(
         "task": dataset.task,
         "seed": config.seed,
         "metakit_version": __version__,
+        "runtime": runtime(algorithm, config, device, ctx),
         "metric": f"{t.val_split}_accuracy"
         if dataset.task != "regression"
         else f"-{t.val_split}_mse",  # best_metric is maximised, so MSE is stored negated
@@ -332,6 +348,8 @@ def _train(
         "train_seconds": round(seconds, 2),
         "episodes_per_s": round(step * t.meta_batch / max(seconds, 1e-9), 2),
         "processes": ctx.world,
+        "allreduce_seconds": round(distributed.COMMUNICATION["seconds"], 3),
+        "runtime": runtime(algorithm, config, device, ctx),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "run_dir": str(out),
     }
