@@ -55,7 +55,7 @@ def test_report_covers_every_results_file_and_opens_without_a_network(tmp_path):
         assert f'alt="{png.stem}"' in page  # embedded
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert '<td class="misses">misses</td>' in page
-    assert "| zzz_new | zzz | 50.00 ± 1.00 | 90 (published) | misses |" in md
+    assert "| [zzz_new](#zzz_new) | zzz | 50.00 ± 1.00 | 90 (published) | misses |" in md
     assert out["files"] == len(list(folder.glob("*.json"))) and out[MISSES] >= 1
 
 

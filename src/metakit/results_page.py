@@ -54,6 +54,21 @@ def _label(row: dict[str, Any]) -> str:
     return " / ".join(parts) or "row"
 
 
+def protocol(row: dict[str, Any]) -> str:
+    """`split N-way K-shot, Q queries, E episodes` (+ BatchNorm mode) where a row states it."""
+    p = row.get("protocol") if isinstance(row.get("protocol"), dict) else row
+    if not all(k in p for k in ("ways", "shots")):
+        return ""
+    text = f"{p.get('split', '')} {p['ways']}-way {p['shots']}-shot".strip()
+    if "queries" in p:
+        text += f", {p['queries']} queries"
+    if "episodes" in p:
+        text += f", {p['episodes']} episodes"
+    if row.get("bn"):
+        text += f", BN {row['bn']}"
+    return text
+
+
 def status(accuracy: float, ci95: float, reference: float) -> str:
     """Accuracy and CI as fractions, the reference in percent."""
     if 100 * accuracy >= reference:
@@ -84,6 +99,9 @@ def figures(data: Any) -> Iterator[dict[str, Any]]:
                     "kind": kind,
                     "reference": ref,
                     "status": status(acc, ci, ref),
+                    "protocol": protocol(data),
+                    # the row's own machine where it names one (rows accumulate across hosts)
+                    **({"hardware": data["cpu"]} if isinstance(data.get("cpu"), str) else {}),
                 }
     instances = data.get("instance_accuracy")
     if isinstance(instances, dict) and isinstance(data.get("target"), dict):
@@ -97,6 +115,7 @@ def figures(data: Any) -> Iterator[dict[str, Any]]:
                     "kind": "target",
                     "reference": float(ref),
                     "status": status(cell["accuracy"], cell["ci95"], float(ref)),
+                    "protocol": protocol(data),
                 }
     for value in data.values():
         if isinstance(value, dict | list):
@@ -105,13 +124,15 @@ def figures(data: Any) -> Iterator[dict[str, Any]]:
 
 def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| benchmark | figure | accuracy (%) | reference (%) | status |",
-        "|---|---|---:|---:|---|",
+        "| benchmark | figure | accuracy (%) ± 95% CI | reference (%) | status | protocol "
+        "| hardware |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['file']} | {r['label']} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | "
-            f"{r['reference']:g} ({r['kind']}) | {r['status']} |"
+            f"| [{r['file']}](#{r['file']}) | {r['label']} | {100 * r['accuracy']:.2f} ± "
+            f"{100 * r['ci95']:.2f} | {r['reference']:g} ({r['kind']}) | {r['status']} | "
+            f"{r.get('protocol', '')} | {r.get('hardware', '')} |"
         )
     return lines
 
@@ -147,7 +168,9 @@ def build_results_page(folder: Path, out: Path | None = None) -> dict[str, Any]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); rerun its benchmark") from None
-        rows += [{"file": path.stem, **r} for r in figures(data)]
+        hw = data.get("hardware") if isinstance(data, dict) else None
+        cpu = hw.get("cpu", "") if isinstance(hw, dict) else (hw if isinstance(hw, str) else "")
+        rows += [{"file": path.stem, "hardware": cpu, **r} for r in figures(data)]
         twin = path.with_suffix(".md")
         text = (
             twin.read_text()
