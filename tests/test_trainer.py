@@ -105,3 +105,21 @@ def test_bf16_precision_is_reproducible_and_keeps_fp32_weights(tmp_path):
     assert all(runs["a"][k].dtype == runs["c"][k].dtype for k in runs["a"])
     with pytest.raises(ConfigError, match="train.precision"):
         load_config("protonet-omniglot-5w1s-quick", ["train.precision=fp16"])
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_follows_the_cpu_and_is_recorded(tmp_path, monkeypatch, amx):
+    from metakit.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_amx_bf16", lambda: amx)
+    summary = train(tiny_config(precision="auto"), tmp_path / "run", progress=False)
+    expected = "bf16" if amx else "fp32"
+    assert summary["runtime"]["precision"] == expected
+    assert summary["runtime"]["device"] == "cpu" and summary["runtime"]["processes"] == 1
+    assert (
+        read_meta(tmp_path / "run" / "checkpoints" / "last.safetensors")["runtime"]
+        == (summary["runtime"])
+    )
+    auto = weights(tmp_path / "run")
+    train(tiny_config(precision=expected), tmp_path / "same", progress=False)
+    assert all(torch.equal(auto[k], weights(tmp_path / "same")[k]) for k in auto)

@@ -43,8 +43,10 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     # "bf16": the training forward pass under bfloat16 autocast (weights, gradients and optimizer
     # state stay fp32; validation and evaluation run in fp32). 1.3-1.7x faster conv4 steps on CPUs
-    # with AMX / AVX512-BF16, slower on CPUs without bf16 units.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # with AMX / AVX512-BF16, slower on CPUs without bf16 units. "auto": bf16 where the device
+    # has bf16 units (a CUDA GPU that supports it, a CPU with AMX-BF16), fp32 elsewhere; the
+    # choice is recorded in the run's summary and checkpoints (`runtime.precision`).
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # learning-rate multipliers by parameter-name prefix, e.g. {log_scale: 300}: a learned
     # temperature needs a far larger step than the pretrained encoder it is fine-tuned with
     lr_mult: dict[str, float] = field(default_factory=dict)

@@ -114,7 +114,26 @@ def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimi
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The training forward pass's precision: bfloat16 autocast (no loss scaling needed, its
     exponent range is fp32's) or plain fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    enabled = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` → bf16 where the device computes it natively (measured on an AMX CPU: 1.3-1.7x
+    faster Conv-4 steps; slower on CPUs without bf16 units), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_amx_bf16() else "fp32"
+
+
+def cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line for line in f)
+    except OSError:
+        return False
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -158,7 +177,7 @@ def runtime(
         "device": device.type,
         "processes": ctx.world,
         "threads": torch.get_num_threads(),
-        "precision": config.train.precision,
+        "precision": resolve_precision(config.train.precision, device),
         "channels_last": bool(getattr(algorithm.backbone, "channels_last", False)),
         **({"inner_loop": "vmap" if use_vmap(device) else "loop"} if use_vmap else {}),
     }
