@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +36,17 @@ def hardware() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_mean_ci(values: list[float]) -> dict[str, Any]:
+    """Mean over a few seeds with a t-based 95% half-width (None below two seeds)."""
+    if len(values) < 2:
+        return {"mean": values[0] if values else math.nan, "ci95": None, "n": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": statistics.mean(values), "ci95": half, "n": len(values)}
 
 
 def hardware_line(hw: dict[str, Any]) -> str:

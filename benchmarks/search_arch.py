@@ -20,23 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from common import hardware, hardware_line, metakit, write_results
-
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    if len(values) < 2:
-        return (values[0] if values else math.nan), None
-    return statistics.mean(values), T95.get(len(values) - 1, 1.96) * statistics.stdev(
-        values
-    ) / math.sqrt(len(values))
+from common import hardware, hardware_line, metakit, seed_mean_ci, write_results
 
 
 def search(policy: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,8 +105,7 @@ def summarise(rows: list[dict], conv4: list[dict]) -> dict[str, dict[str, Any]]:
 
     def put(name: str, values: list[float]) -> None:
         if values:
-            mean, ci = mean_ci(values)
-            out[name] = {"mean": mean, "ci95": ci, "n": len(values)}
+            out[name] = seed_mean_ci(values)
 
     for policy in ("controller", "random"):
         mine = [r for r in rows if r["policy"] == policy]

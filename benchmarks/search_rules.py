@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -35,18 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from common import hardware, hardware_line, metakit, write_results
+from common import hardware, hardware_line, metakit, seed_mean_ci, write_results
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 FINE = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]  # the cheap child task
 COARSE = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # the held-out task (20x the cost per training)
-
-
-def mean_ci(values: list[float]) -> dict[str, Any]:
-    if len(values) < 2:
-        return {"mean": values[0] if values else math.nan, "ci95": None, "n": len(values)}
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": statistics.mean(values), "ci95": half, "n": len(values)}
 
 
 def is_sign_family(formula: str) -> bool:
@@ -108,9 +99,11 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
     summary = {}
     for policy in ("controller", "random"):
         for key in ("best_reward", "top5_mean_reward"):
-            summary[f"{policy} {key}"] = mean_ci([r[key] for r in rows if r["policy"] == policy])
+            summary[f"{policy} {key}"] = seed_mean_ci(
+                [r[key] for r in rows if r["policy"] == policy]
+            )
     by = {(r["policy"], r["seed"]): r for r in rows}
-    summary["controller - random best_reward (paired)"] = mean_ci(
+    summary["controller - random best_reward (paired)"] = seed_mean_ci(
         [by["controller", s]["best_reward"] - by["random", s]["best_reward"] for s in args.seeds]
     )
     return {"rows": rows, "summary": summary}
@@ -179,8 +172,10 @@ def sign_part(args: argparse.Namespace) -> dict[str, Any]:
     for task in tasks:
         pick = {(r["rule"], r["seed"]): r["test"] for r in rows if r["task"] == task}
         for name in rules:
-            summary[f"{task} {name} test accuracy"] = mean_ci([pick[name, s] for s in args.seeds])
-        summary[f"{task} powersign - momentum (paired)"] = mean_ci(
+            summary[f"{task} {name} test accuracy"] = seed_mean_ci(
+                [pick[name, s] for s in args.seeds]
+            )
+        summary[f"{task} powersign - momentum (paired)"] = seed_mean_ci(
             [pick["powersign", s] - pick["momentum", s] for s in args.seeds]
         )
     return {"rows": rows, "summary": summary}
@@ -201,11 +196,11 @@ def swish_part(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"activation": name, "seed": seed, "test": acc})
             print(json.dumps(rows[-1]), flush=True)
     summary = {
-        f"{a} test accuracy": mean_ci([r["test"] for r in rows if r["activation"] == a])
+        f"{a} test accuracy": seed_mean_ci([r["test"] for r in rows if r["activation"] == a])
         for a in ("swish", "relu", "gelu", "elu")
     }
     pick = {(r["activation"], r["seed"]): r["test"] for r in rows}
-    summary["swish - relu (paired)"] = mean_ci(
+    summary["swish - relu (paired)"] = seed_mean_ci(
         [pick["swish", s] - pick["relu", s] for s in args.seeds]
     )
     return {"rows": rows, "summary": summary}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -465,14 +466,10 @@ def search_arch(
     derived architecture is retrained from scratch and scored on the test split."""
     from metakit.search.arch import load_search_config, search_architecture
 
-    overrides = _search_overrides(budget, seed, policy, config, set_, resume)
-    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
-    settings = load_search_config(source, overrides)
-    try:
-        result = search_architecture(settings, out, resume=resume, progress=progress)
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", code=130)
-    typer.echo(json.dumps(result))
+    _run_search(
+        load_search_config, search_architecture, out, budget, seed, policy, config, set_, resume,
+        progress,
+    )  # fmt: skip
 
 
 def _expression_search(
@@ -486,16 +483,14 @@ def _expression_search(
     resume: bool,
     progress: bool,
 ) -> None:
+    from functools import partial
+
     from metakit.search.expression_search import load_expression_config, search_expressions
 
-    overrides = _search_overrides(budget, seed, policy, config, set_, resume)
-    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
-    settings = load_expression_config(target, source, overrides)
-    try:
-        result = search_expressions(settings, out, resume=resume, progress=progress)
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", code=130)
-    typer.echo(json.dumps(result))
+    _run_search(
+        partial(load_expression_config, target), search_expressions, out, budget, seed, policy,
+        config, set_, resume, progress,
+    )  # fmt: skip
 
 
 def _expression_command(target: str, doc: str) -> None:
@@ -536,6 +531,29 @@ _expression_command(
     b(u1(x), u2(x)) with a learnable beta; each is rewarded by training a small MLP on a
     Fashion-MNIST subset. Prints the top activations as formulas.""",
 )
+
+
+def _run_search(
+    load: Callable[..., Any],
+    search: Callable[..., dict[str, Any]],
+    out: Path,
+    budget: float | None,
+    seed: int | None,
+    policy: str | None,
+    config: Path | None,
+    set_: list[str] | None,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """Settings from the YAML (the run's own on --resume) and the options, then the search."""
+    overrides = _search_overrides(budget, seed, policy, config, set_, resume)
+    source = out / "config.yaml" if resume and (out / "config.yaml").exists() else config
+    settings = load(source, overrides)
+    try:
+        result = search(settings, out, resume=resume, progress=progress)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", code=130)
+    typer.echo(json.dumps(result))
 
 
 def _search_overrides(

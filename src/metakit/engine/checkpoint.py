@@ -108,6 +108,19 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from None
 
 
+def load_module(
+    path: Path, module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, what: str
+) -> None:
+    """Load the tensors under `prefix` into `module`, or say the checkpoint does not fit it."""
+    weights = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this {what}; was it trained with another config? ({e})"
+        ) from None
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -116,13 +129,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load weights (and optimizer/RNG state when given) into place; return the metadata."""
     meta, tensors = read_checkpoint(path)
-    weights = {k.removeprefix(MODEL): v for k, v in tensors.items() if k.startswith(MODEL)}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit this model; was it trained with another config? ({e})"
-        ) from None
+    load_module(path, model, tensors, MODEL, "model")
     if optimizer is not None:
         if "optimizer" not in meta:
             raise CheckpointError(f"checkpoint {path} has no optimizer state to resume from")
@@ -164,15 +171,7 @@ def load_state(
     """Inverse of `save_state`: restores in place what is given; returns the metadata."""
     meta, tensors = read_checkpoint(path)
     for name, module in modules.items():
-        prefix = f"{name}."
-        weights = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"checkpoint {path} does not fit this {name}; was it made with another config? "
-                f"({e})"
-            ) from None
+        load_module(path, module, tensors, f"{name}.", name)
     for name, optimizer in (optimizers or {}).items():
         restore_optimizer(optimizer, tensors, meta["optimizers"][name], f"{OPTIM}{name}.")
     for name, generator in (generators or {}).items():

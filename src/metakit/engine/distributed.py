@@ -10,8 +10,9 @@ directory. gloo on CPU, NCCL on GPU.
 
 BatchNorm running averages are the one state that cannot match one process exactly: one process
 folds the step's tasks into its moving averages one after the other, N processes each fold their
-shard and then average (`average_buffers`), so the ranks agree with each other and the
-averages see every task, but differ from the single-process ones by the order of the moving
+shard and then average (`average_buffers`, before each validation and checkpoint; the
+averages are linear in the batches), so the ranks agree with each other and the averages see
+every task, but differ from the single-process ones by the order of the moving
 average. Methods that normalise with batch statistics at test time (MAML's transductive
 BatchNorm) are unaffected; parameters and optimizer state are the same as with one process.
 """
@@ -122,13 +123,15 @@ def mean_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
     return {k: float(v) / ctx.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
-def any_rank(flag: bool, ctx: Context) -> bool:
-    """True on every rank if it is true on one (a stop request, an error)."""
-    if not ctx.active:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+def max_over_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
+    """The largest of each scalar over the ranks (a stop flag, the slowest clock), so every
+    rank takes the same decision."""
+    if not ctx.active or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def gather_by_index(values: torch.Tensor, total: int, ctx: Context) -> torch.Tensor:

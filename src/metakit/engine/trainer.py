@@ -318,9 +318,14 @@ def _train(
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(algorithm.parameters(), t.grad_clip)
             optimizer.step()
-            distributed.average_buffers(algorithm, ctx)
             step += 1
             seconds += time.perf_counter() - tic
+            # every rank must take the same branch below (validation and checkpoints gather):
+            # the slowest rank's clock decides the budget, a Ctrl-C on any rank stops them all
+            agreed = distributed.max_over_ranks(
+                {"seconds": seconds, "stop": float(interrupt["stop"])}, ctx
+            )
+            seconds, stop = agreed["seconds"], agreed["stop"] > 0
             last_step = step == t.episodes or seconds >= budget
 
             for key, value in metrics.items():
@@ -340,6 +345,10 @@ def _train(
                 )
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
+            if step % t.val_every == 0 or last_step or stop:
+                # BatchNorm averages are linear in the batches: averaging them only when they are
+                # used or saved gives what averaging after every step would
+                distributed.average_buffers(algorithm, ctx)
             if step % t.val_every == 0 or last_step:
                 val_start = time.perf_counter()
                 val = validate(algorithm, val_sampler, config, device)
@@ -350,7 +359,7 @@ def _train(
                     checkpoint("best")
                 checkpoint("last")
                 window_start += time.perf_counter() - val_start  # episodes/s counts training only
-            if distributed.any_rank(interrupt["stop"], ctx):
+            if stop:
                 checkpoint("last")
                 bar.close()
                 raise KeyboardInterrupt(

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from metakit import __version__
 from metakit.config import _build, apply_overrides, read_yaml
-from metakit.engine.checkpoint import atomic_write, load_state, save_state
-from metakit.engine.trainer import check_run_dir, stop_on_interrupt
+from metakit.engine.checkpoint import load_state, save_state
+from metakit.engine.trainer import check_run_dir
 from metakit.errors import ConfigError
 from metakit.search.child import (
     ImageData,
@@ -43,6 +43,7 @@ from metakit.search.child import (
     minibatch,
 )
 from metakit.search.controller import Controller, RandomPolicy, Reinforce
+from metakit.search.run import search_logs, write_json
 from metakit.search.supernet import (
     OPS,
     Architecture,
@@ -51,7 +52,6 @@ from metakit.search.supernet import (
     macro_space,
     parameter_count,
 )
-from metakit.tracking.logger import RunLogger
 
 KIND = "search-arch"
 
@@ -297,11 +297,7 @@ def search_architecture(
     def checkpoint(**extra: Any) -> None:
         search.save(last, {"kind": KIND, "epoch": epoch, "seconds": seconds, **extra})
 
-    with (
-        RunLogger(out, start_step=epoch) as metrics,
-        RunLogger(out, start_step=epoch, tensorboard=False, filename="history.jsonl") as history,
-        stop_on_interrupt() as interrupt,
-    ):
+    with search_logs(out, epoch) as (metrics, history, interrupt):
         if "arch" not in meta:
             bar = tqdm(
                 total=config.epochs, initial=epoch, disable=not progress, unit="epoch",
@@ -342,11 +338,8 @@ def search_architecture(
             best = max(r["reward"] for r in derived)
             meta = {"arch": str(arch), "derived_val_accuracy": best}
             checkpoint(**meta)
-            atomic_write(
-                out / "arch.json",
-                lambda tmp: Path(tmp).write_text(
-                    json.dumps({**meta, "channels": config.channels, "dataset": config.dataset})
-                ),
+            write_json(
+                out / "arch.json", {**meta, "channels": config.channels, "dataset": config.dataset}
             )
             print(f"derived {arch} (val accuracy {best:.4f})", file=sys.stderr)
         arch = Architecture.parse(meta["arch"])
@@ -371,9 +364,7 @@ def search_architecture(
                 )
             )  # fmt: skip
     result["dataset"] = config.dataset
-    atomic_write(
-        out / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2))
-    )
+    write_json(out / "result.json", result)
     return result
 
 

@@ -25,14 +25,15 @@ from tqdm.auto import tqdm
 
 from metakit import __version__
 from metakit.config import _build, apply_overrides, read_yaml
-from metakit.engine.checkpoint import atomic_write, load_state, save_state
-from metakit.engine.trainer import check_run_dir, stop_on_interrupt
+from metakit.engine.checkpoint import load_state, save_state
+from metakit.engine.trainer import check_run_dir
 from metakit.errors import ConfigError
 from metakit.search.child import ImageData, load_image_data
 from metakit.search.controller import Controller, RandomPolicy, Reinforce
 from metakit.search.grammar import Expression, Grammar, activation_grammar, optimizer_grammar
 from metakit.search.optimizer import ChildTask
-from metakit.tracking.logger import RunLogger
+from metakit.search.report import best_designs
+from metakit.search.run import search_logs, write_json
 
 KIND = "search-expression"
 DEFAULT_DEPTH = {"optimizer": 3, "activation": 2}
@@ -127,14 +128,10 @@ class Evaluator:
 
 
 def top_designs(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The `n` best valid designs, one per formula."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if "invalid" in r:
-            continue
-        if r["design"] not in best or r["reward"] > best[r["design"]]["reward"]:
-            best[r["design"]] = {k: v for k, v in r.items() if k not in ("split", "cached")}
-    return sorted(best.values(), key=lambda r: -r["reward"])[:n]
+    """The `n` best valid designs, one per formula, without the log's bookkeeping keys."""
+    return [
+        {k: v for k, v in r.items() if k not in ("split", "cached")} for r in best_designs(rows, n)
+    ]
 
 
 def search_expressions(
@@ -172,11 +169,7 @@ def search_expressions(
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     evaluate = Evaluator(config, task)
     budget = config.budget * 60 if config.budget > 0 else math.inf
-    with (
-        RunLogger(out, start_step=it) as metrics,
-        RunLogger(out, start_step=it, tensorboard=False, filename="history.jsonl") as history,
-        stop_on_interrupt() as interrupt,
-    ):
+    with search_logs(out, it) as (metrics, history, interrupt):
         if resume:  # the rewards already paid for (rows up to the checkpoint were kept)
             for row in (json.loads(x) for x in history.path.read_text().splitlines() if x):
                 cache[tuple(row["tokens"])] = {
@@ -193,9 +186,9 @@ def search_expressions(
             for tokens in sample.designs():
                 key = tuple(tokens)
                 hit = key in cache
-                if not hit:
-                    cache[key] = evaluate(grammar.expression(tokens))
                 expression = grammar.expression(tokens)
+                if not hit:
+                    cache[key] = evaluate(expression)
                 rows.append(
                     {"design": expression.formula(), "tokens": tokens, **cache[key], "cached": hit}
                 )
@@ -238,6 +231,5 @@ def search_expressions(
         "search_seconds": round(seconds, 1),
         "top": top_designs(rows, config.top),
     }
-    text = json.dumps(result, indent=2)
-    atomic_write(out / "result.json", lambda tmp: Path(tmp).write_text(text))
+    write_json(out / "result.json", result)
     return result

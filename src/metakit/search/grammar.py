@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -58,6 +59,10 @@ class Grammar:
 
     def space(self) -> SearchSpace:
         """Decisions in emission order: per group the operands, their unaries, the binary."""
+        return self._space
+
+    @cached_property
+    def _space(self) -> SearchSpace:  # built once: expressions consult it on every call
         ops, un, bi = list(self.operands), list(self.unary), list(self.binary)
         decisions = [
             categorical("op1", ops),
@@ -100,6 +105,10 @@ class Expression:
     def parts(self) -> list[tuple[str, str, str, str, str]]:
         """Per group `(first operand, second operand, u1, u2, binary)` names; later groups'
         first operand is `"previous"`."""
+        return self._parts
+
+    @cached_property
+    def _parts(self) -> list[tuple[str, str, str, str, str]]:  # once, not per update step
         chosen = list(self.grammar.space().describe(self.tokens).values())
         groups = [(chosen[0], chosen[1], chosen[2], chosen[3], chosen[4])]
         for k in range(1, self.grammar.depth):

@@ -14,6 +14,18 @@ def label(row: dict[str, Any]) -> str:
     return row.get("arch") or row["design"]
 
 
+def best_designs(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The `n` best valid history rows, each design once (at its first best reward)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if "invalid" in r:
+            continue
+        key = label(r)
+        if key not in best or r["reward"] > best[key]["reward"]:
+            best[key] = r
+    return sorted(best.values(), key=lambda r: -r["reward"])[:n]
+
+
 def is_search_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "history.jsonl").exists()
 
@@ -52,14 +64,7 @@ def search_report(run_dir: Path, out: Path | None = None, top: int = 10) -> dict
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
-    best: dict[str, dict[str, Any]] = {}
-    for r in rows:  # each design once, at its best reward (search and derive phases)
-        if "invalid" in r:
-            continue
-        key = label(r)
-        if key not in best or r["reward"] > best[key]["reward"]:
-            best[key] = r
-    ranked = sorted(best.values(), key=lambda r: -r["reward"])[:top]
+    ranked = best_designs(rows, top)  # search and derive phases
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     lines = [f"# Search {run_dir.name}", "", f"![reward curve]({png.name})", ""]

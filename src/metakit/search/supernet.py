@@ -110,8 +110,20 @@ class Architecture:
         if path.suffix == ".json" or path.exists():
             if not path.exists():
                 raise ConfigError(f"{path} does not exist; give an architecture or a search run")
-            return cls.parse(json.loads(path.read_text())["arch"])
-        return cls.parse(str(spec))
+            try:
+                return cls.parse(json.loads(path.read_text())["arch"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(
+                    f"{path} is not a search result (no 'arch' entry); give the arch.json of a "
+                    "`metakit search arch` run"
+                ) from None
+        try:
+            return cls.parse(str(spec))
+        except ConfigError as e:
+            raise ConfigError(
+                f"{spec!r} is neither a search run (a folder with arch.json) nor an architecture: "
+                f"{e}"
+            ) from None
 
     @property
     def layers(self) -> int:
