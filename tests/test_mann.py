@@ -23,7 +23,7 @@ def test_lrua_write_zeroes_and_writes_the_least_used_slot():
     memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # [B=1, N=3, W=2]
     usage = torch.tensor([[0.9, 0.5, 0.1]])  # slot 2 is the least used
     least = least_used_weights(usage, 1)
-    assert least.tolist() == [[0.0, 0.0, 1.0]]
+    assert least.tolist() == [[[0.0, 0.0, 1.0]]]
     read_prev = torch.tensor([[[0.2, 0.8, 0.0]]])
     key = torch.tensor([[[3.0, -1.0]]])
     alpha = torch.tensor([[-1e4]])  # gate 0: write only to the least-used slot
@@ -37,6 +37,18 @@ def test_lrua_write_zeroes_and_writes_the_least_used_slot():
     assert torch.allclose(write, read_prev)
     assert torch.allclose(new[0, 0], memory[0, 0] + 0.2 * key[0, 0])
     assert torch.allclose(new[0, 2], torch.zeros(2))  # zeroed, nothing written there
+
+
+def test_each_head_writes_its_own_least_used_slot():
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [2.0, 2.0]]])
+    usage = torch.tensor([[0.9, 0.2, 0.1, 0.5]])  # least used: slot 2, then slot 1
+    least = least_used_weights(usage, 2)
+    assert least.argmax(-1).tolist() == [[2, 1]]
+    values = torch.tensor([[[3.0, -1.0], [0.5, 4.0]]])
+    _, new = lrua_write(memory, usage, torch.zeros(1, 2, 4), least, values, torch.full((1, 2), -1e4))
+    # both slots were zeroed and each holds exactly its head's value, not the sum of both
+    assert torch.allclose(new[0, 2], values[0, 0]) and torch.allclose(new[0, 1], values[0, 1])
+    assert torch.equal(new[0, [0, 3]], memory[0, [0, 3]])
 
 
 def test_content_read_weights_sum_to_one_and_follow_cosine():
@@ -63,8 +75,8 @@ def test_read_addresses_the_memory_before_or_after_the_write(read_from):
     h, _ = algo.cell(
         torch.cat([x, torch.zeros(1, 2), state.reads.flatten(1)], -1), (state.h, state.c)
     )
-    iface = algo.interface(h).view(1, 2, 5)
-    keys, strength = torch.tanh(iface[..., :3]), torch.nn.functional.softplus(iface[..., 4]) + 1
+    iface = algo.interface(h).view(1, 2, 8)  # key 3, add vector 3, gate, strength
+    keys, strength = torch.tanh(iface[..., :3]), torch.nn.functional.softplus(iface[..., 7]) + 1
     addressed = state.memory if read_from == "previous" else new.memory
     weights, _ = content_read(addressed, keys, strength)
     assert torch.allclose(new.read_weights, weights, atol=1e-6)
@@ -81,11 +93,12 @@ def test_usage_decays_with_gamma_and_picks_the_least_used():
     state = algo.initial_state(1, torch.zeros(1, 4))
     _, new = algo.step(state, torch.randn(1, 4), torch.zeros(1, 2))
     _, newer = algo.step(new, torch.randn(1, 4), torch.zeros(1, 2))
-    write = 0.5 * new.read_weights + 0.5 * new.least_used.unsqueeze(1)
+    write = 0.5 * new.read_weights + 0.5 * new.least_used
     expected = 0.5 * new.usage + newer.read_weights.sum(1) + write.sum(1)
     assert torch.allclose(newer.usage, expected)
-    smallest = newer.usage.argsort(-1)[0, :2].sort().values
-    assert torch.equal(newer.least_used[0].nonzero().flatten(), smallest)
+    picked = newer.least_used[0].argmax(-1)  # head r gets the r-th smallest usage (ties: any)
+    assert picked.unique().numel() == 2
+    assert torch.equal(newer.usage[0, picked], newer.usage[0].sort().values[:2])
 
 
 def test_sequence_builder_delays_labels_and_counts_presentations():
@@ -145,6 +158,13 @@ def test_bad_configurations_are_clear_errors():
         MANN(backbone, ways=5, steps=3)
     with pytest.raises(ConfigError, match="more slots than heads"):
         MANN(backbone, ways=2, slots=4, heads=4)
+    with pytest.raises(ConfigError, match="strength_init must exceed 1"):
+        MANN(backbone, ways=2, strength_init=0.5)
+    with pytest.raises(ConfigError, match="write must be"):
+        MANN(backbone, ways=2, write="value")
+    sharp = MANN(backbone, ways=2, width=4, heads=2, strength_init=7.0)
+    bias = sharp.interface.bias.view(2, 10)[:, -1]  # key 4, add 4, gate, strength
+    assert torch.allclose(torch.nn.functional.softplus(bias) + 1, torch.full((2,), 7.0))
     algo = MANN(backbone, ways=2, controller=8, slots=8, width=4, heads=1)
     ep = Episode(
         torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.randn(3, 4), torch.tensor([0, 1, 2])
