@@ -45,7 +45,8 @@ def test_each_head_writes_its_own_least_used_slot():
     least = least_used_weights(usage, 2)
     assert least.argmax(-1).tolist() == [[2, 1]]
     values = torch.tensor([[[3.0, -1.0], [0.5, 4.0]]])
-    _, new = lrua_write(memory, usage, torch.zeros(1, 2, 4), least, values, torch.full((1, 2), -1e4))
+    gate_off = torch.full((1, 2), -1e4)  # write only to the least-used slots
+    _, new = lrua_write(memory, usage, torch.zeros(1, 2, 4), least, values, gate_off)
     # both slots were zeroed and each holds exactly its head's value, not the sum of both
     assert torch.allclose(new[0, 2], values[0, 0]) and torch.allclose(new[0, 1], values[0, 1])
     assert torch.equal(new[0, [0, 3]], memory[0, [0, 3]])
