@@ -27,13 +27,13 @@ def test_lrua_write_zeroes_and_writes_the_least_used_slot():
     read_prev = torch.tensor([[[0.2, 0.8, 0.0]]])
     key = torch.tensor([[[3.0, -1.0]]])
     alpha = torch.tensor([[-1e4]])  # gate 0: write only to the least-used slot
-    write, new = lrua_write(memory, usage, read_prev, least, key, alpha)
+    write, new = lrua_write(memory, read_prev, least, key, alpha)
     assert torch.allclose(write, torch.tensor([[[0.0, 0.0, 1.0]]]))
     # slot 2 was zeroed (its 5, 5 is gone) and holds exactly the key; the others are untouched
     assert torch.allclose(new[0, 2], key[0, 0])
     assert torch.equal(new[0, :2], memory[0, :2])
     # gate 1: the write follows the previous read weights, added on top of the old contents
-    write, new = lrua_write(memory, usage, read_prev, least, key, torch.tensor([[1e4]]))
+    write, new = lrua_write(memory, read_prev, least, key, torch.tensor([[1e4]]))
     assert torch.allclose(write, read_prev)
     assert torch.allclose(new[0, 0], memory[0, 0] + 0.2 * key[0, 0])
     assert torch.allclose(new[0, 2], torch.zeros(2))  # zeroed, nothing written there
@@ -46,7 +46,7 @@ def test_each_head_writes_its_own_least_used_slot():
     assert least.argmax(-1).tolist() == [[2, 1]]
     values = torch.tensor([[[3.0, -1.0], [0.5, 4.0]]])
     gate_off = torch.full((1, 2), -1e4)  # write only to the least-used slots
-    _, new = lrua_write(memory, usage, torch.zeros(1, 2, 4), least, values, gate_off)
+    _, new = lrua_write(memory, torch.zeros(1, 2, 4), least, values, gate_off)
     # both slots were zeroed and each holds exactly its head's value, not the sum of both
     assert torch.allclose(new[0, 2], values[0, 0]) and torch.allclose(new[0, 1], values[0, 1])
     assert torch.equal(new[0, [0, 3]], memory[0, [0, 3]])

@@ -472,27 +472,6 @@ def search_arch(
     )  # fmt: skip
 
 
-def _expression_search(
-    target: str,
-    out: Path,
-    budget: float | None,
-    seed: int | None,
-    policy: str | None,
-    config: Path | None,
-    set_: list[str] | None,
-    resume: bool,
-    progress: bool,
-) -> None:
-    from functools import partial
-
-    from metakit.search.expression_search import load_expression_config, search_expressions
-
-    _run_search(
-        partial(load_expression_config, target), search_expressions, out, budget, seed, policy,
-        config, set_, resume, progress,
-    )  # fmt: skip
-
-
 def _expression_command(target: str, doc: str) -> None:
     """Register `metakit search TARGET` (optimizer or activation): same options, own target."""
 
@@ -513,7 +492,14 @@ def _expression_command(target: str, doc: str) -> None:
         resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ) -> None:
-        _expression_search(target, out, budget, seed, policy, config, set_, resume, progress)
+        from functools import partial
+
+        from metakit.search.expression_search import load_expression_config, search_expressions
+
+        _run_search(
+            partial(load_expression_config, target), search_expressions, out, budget, seed,
+            policy, config, set_, resume, progress,
+        )  # fmt: skip
 
     command.__doc__ = doc
     search_app.command(target)(command)

@@ -75,7 +75,6 @@ def least_used_weights(usage: torch.Tensor, n: int) -> torch.Tensor:
 
 def lrua_write(
     memory: torch.Tensor,
-    usage: torch.Tensor,
     read_weights: torch.Tensor,
     least_used: torch.Tensor,
     values: torch.Tensor,
@@ -168,7 +167,6 @@ class MANN(Algorithm):
         self.cell = nn.LSTMCell(backbone.out_dim + self.label_dim + heads * width, controller)
         if write not in ("add", "key"):
             raise ConfigError(f"mann write must be 'add' or 'key', got {write!r}")
-        self.write = write
         self.add_width = width if write == "add" else 0
         # per head: key, add vector (write: add), write gate alpha, key strength
         self.interface = nn.Linear(controller, heads * (width + self.add_width + 2))
@@ -214,7 +212,7 @@ class MANN(Algorithm):
             F.softplus(iface[..., w + a + 1]) + 1 if self.key_strength else torch.ones_like(alpha)
         )
         write, memory = lrua_write(
-            state.memory, state.usage, state.read_weights, state.least_used, values, alpha
+            state.memory, state.read_weights, state.least_used, values, alpha
         )
         if self.read_from == "previous":  # address M_{t-1}, read M_t
             read_weights, _ = content_read(state.memory, keys, strength)
