@@ -53,6 +53,9 @@ class L2OTrainConfig:
     # reports; dominated by the hardest problems) or the mean log final loss (every problem
     # weighs the same)
     val_metric: str = "final_loss"
+    # the meta-objective over each truncation: the mean optimizee loss (the paper's) or the mean
+    # log loss (weighs late, small losses as much as early ones)
+    meta_loss: str = "loss"
     log_every: int = 10
     # torch.compile the LSTM step (fuses its elementwise ops; pays a one-off compile)
     compile: bool = False
@@ -92,6 +95,8 @@ class L2OConfig:
             raise ConfigError(
                 f"train.val_metric must be final_loss or log_final_loss, got {t.val_metric!r}"
             )
+        if t.meta_loss not in ("loss", "log_loss"):
+            raise ConfigError(f"train.meta_loss must be loss or log_loss, got {t.meta_loss!r}")
         if "name" not in self.problem:
             raise ConfigError("the problem section needs a 'name' (quadratic or mlp)")
         return self
@@ -120,20 +125,30 @@ def build_optimizer_net(config: L2OConfig) -> LSTMOptimizer:
 
 
 def truncated_meta_loss(
-    net: LSTMOptimizer, problems: ProblemBatch, params: dict, state: Any, start: int, length: int
+    net: LSTMOptimizer,
+    problems: ProblemBatch,
+    params: dict,
+    state: Any,
+    start: int,
+    length: int,
+    log: bool = False,
 ) -> tuple[torch.Tensor, dict, Any]:
-    """Sum over `length` updates of the mean optimizee loss after each; returns it with the
-    end parameters and LSTM state (still attached to the graph)."""
+    """Mean over `length` updates (and over the problems) of the optimizee loss after each, or
+    of its log (`log=True`: each step weighs by its relative progress, so the late steps, whose
+    losses are small, are not drowned by the early ones); returns it with the end parameters
+    and LSTM state (still attached to the graph)."""
     rule = net.rule()
     total = None
     for t in range(start, start + length + 1):
-        loss = problems.loss(params, t).mean()
+        losses = problems.loss(params, t)  # [B]
         if t > start:
-            total = loss if total is None else total + loss
+            term = (losses.clamp_min(1e-12).log() if log else losses).mean()
+            total = term if total is None else total + term
         if t == start + length:
             break
-        # the optimizee gradient as a constant input: no second derivatives (the paper's choice)
-        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+        # each problem's own gradient, as a constant input: no second derivatives (the paper's
+        # choice)
+        grads = torch.autograd.grad(losses.sum(), list(params.values()), retain_graph=True)
         updates, state = rule.update(dict(zip(params, grads, strict=True)), state, params)
         params = {k: p + updates[k] for k, p in params.items()}
     assert total is not None
@@ -200,7 +215,7 @@ def train_l2o(
             state = net.rule().init(params)
             for start in range(0, t.horizon, t.unroll):
                 loss, params, state = truncated_meta_loss(
-                    net, problems, params, state, start, t.unroll
+                    net, problems, params, state, start, t.unroll, t.meta_loss == "log_loss"
                 )
                 if not math.isfinite(loss.item()):
                     raise TrainingError(
