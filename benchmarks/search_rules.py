@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from common import hardware, hardware_line, metakit, seed_mean_ci, write_results
+from metakit.search.expression_search import CHILD_STEPS
 
 FINE = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]  # the cheap child task
 COARSE = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # the held-out task (20x the cost per training)
@@ -152,11 +153,13 @@ def sign_part(args: argparse.Namespace) -> dict[str, Any]:
         return create_backbone("conv4", hidden=16, num_classes=10)
 
     tasks = {
-        "child": (child, 2000, 200, 128, FINE),
+        "child": (child, 2000, args.child_steps, 128, FINE),
         "heldout": (heldout, 10000, 500, 64, COARSE),
     }
-    rows = []
-    for task, (build, n_train, steps, batch, grid) in tasks.items():
+    # the tasks not rerun keep their rows from the results file
+    rows = [r for r in args.previous.get("rows", []) if r["task"] not in args.sign_tasks]
+    for task in args.sign_tasks:
+        build, n_train, steps, batch, grid = tasks[task]
         for seed in args.seeds:
             for name, make in rules.items():
                 scores = [
@@ -164,19 +167,19 @@ def sign_part(args: argparse.Namespace) -> dict[str, Any]:
                     for lr in grid
                 ]
                 val, test, lr = max(scores, key=lambda v: v[0])
-                rows.append(
-                    {"task": task, "rule": name, "seed": seed, "val": val, "lr": lr, "test": test}
-                )
+                rows.append({
+                    "task": task, "rule": name, "seed": seed, "steps": steps, "val": val, "lr": lr,
+                    "test": test,
+                })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     summary = {}
-    for task in tasks:
+    for task in dict.fromkeys(r["task"] for r in rows):
         pick = {(r["rule"], r["seed"]): r["test"] for r in rows if r["task"] == task}
+        seeds = sorted({s for _, s in pick})
         for name in rules:
-            summary[f"{task} {name} test accuracy"] = seed_mean_ci(
-                [pick[name, s] for s in args.seeds]
-            )
+            summary[f"{task} {name} test accuracy"] = seed_mean_ci([pick[name, s] for s in seeds])
         summary[f"{task} powersign - momentum (paired)"] = seed_mean_ci(
-            [pick["powersign", s] - pick["momentum", s] for s in args.seeds]
+            [pick["powersign", s] - pick["momentum", s] for s in seeds]
         )
     return {"rows": rows, "summary": summary}
 
@@ -232,12 +235,21 @@ def main() -> None:
     parser.add_argument("--part", default="sign,swish")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument(
+        "--sign-tasks", default="child,heldout", help="the sign part's tasks to (re)run"
+    )
+    parser.add_argument(
+        "--child-steps", type=int, default=CHILD_STEPS["optimizer"],
+        help="steps of the sign part's child task (the optimizer search's child)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/search_rules"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/search_rules"))
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     path = args.results.with_suffix(".json")
     results = json.loads(path.read_text()) if path.exists() else {}
+    args.sign_tasks = args.sign_tasks.split(",")
+    args.previous = results.get("sign", {})
     results["hardware"] = hardware()
     parts = {
         "search-optimizer": lambda: search_part("optimizer", args),

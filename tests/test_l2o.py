@@ -1,6 +1,8 @@
 """The learned LSTM optimizer: coordinatewise invariances, meta-training on quadratics, the
 torch.optim face of a trained run, resume, and the CLI."""
 
+import contextlib
+import itertools
 import json
 
 import pytest
@@ -19,6 +21,7 @@ from metakit.l2o.train import (
     L2OEvalConfig,
     L2OTrainConfig,
     load_trained,
+    meta_lr,
     train_l2o,
     truncated_meta_loss,
 )
@@ -91,18 +94,46 @@ def test_short_meta_training_lowers_held_out_final_loss(tmp_path):
     assert after < 0.5 * before and after < 0.1 * start
 
 
-def test_resume_ends_exactly_as_an_uninterrupted_run(tmp_path):
-    train_l2o(tiny_config(iterations=4, val_every=2), tmp_path / "full", progress=False)
-    train_l2o(tiny_config(iterations=2, val_every=2), tmp_path / "part", progress=False)
-    train_l2o(
-        tiny_config(iterations=4, val_every=2), tmp_path / "part", resume=True, progress=False
-    )
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_ends_exactly_as_an_uninterrupted_run(tmp_path, monkeypatch, schedule):
+    opts = {"val_every": 2, "lr_schedule": schedule, "lr": 0.01}
+    train_l2o(tiny_config(iterations=4, **opts), tmp_path / "full", progress=False)
+
+    class StopAfterTwo(dict):  # an interrupt (Ctrl-C) arriving during the second iteration
+        checks = 0
+
+        def __getitem__(self, key):
+            self.checks += 1
+            return self.checks == 2
+
+    @contextlib.contextmanager
+    def interrupt_after_two():
+        yield StopAfterTwo()
+
+    with monkeypatch.context() as m:
+        m.setattr("metakit.l2o.train.stop_on_interrupt", interrupt_after_two)
+        with pytest.raises(KeyboardInterrupt, match="iteration 2"):
+            train_l2o(tiny_config(iterations=4, **opts), tmp_path / "part", progress=False)
+    train_l2o(tiny_config(iterations=4, **opts), tmp_path / "part", resume=True, progress=False)
     full, _ = load_trained(tmp_path / "full", "last")
     part, _ = load_trained(tmp_path / "part", "last")
     for a, b in zip(full.parameters(), part.parameters(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="already holds a run"):
         train_l2o(tiny_config(iterations=4), tmp_path / "full", progress=False)
+
+
+def test_cosine_meta_lr_decays_from_lr_to_lr_min():
+    t = L2OTrainConfig(iterations=100, lr=1e-3, lr_schedule="cosine", lr_min=1e-5)
+    assert meta_lr(t, 0) == pytest.approx(1e-3)
+    assert meta_lr(t, 50) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert meta_lr(t, 100) == pytest.approx(1e-5)
+    rates = [meta_lr(t, i) for i in range(101)]
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert meta_lr(L2OTrainConfig(lr=1e-3), 77) == 1e-3
+    bad = L2OConfig(train=L2OTrainConfig(lr_schedule="linear"))
+    with pytest.raises(ConfigError, match="constant or cosine"):
+        bad.validate()
 
 
 @pytest.mark.parametrize("log", [False, True])

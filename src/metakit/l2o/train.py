@@ -43,6 +43,10 @@ class L2OTrainConfig:
     horizon: int = 100
     unroll: int = 20
     lr: float = 1e-3
+    # the meta-learning rate over `iterations`: constant, or cosine-decayed to `lr_min` (a late,
+    # small rate keeps what was learned early instead of drifting away from it)
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
     grad_clip: float = 1.0
     # wall-time budget of meta-training, validation included (the figure a user waits for);
     # 0 = none
@@ -91,6 +95,11 @@ class L2OConfig:
             )
         if t.lr <= 0 or t.minutes < 0 or t.grad_clip < 0:
             raise ConfigError("train.lr must be positive, train.minutes and grad_clip >= 0")
+        if t.lr_schedule not in ("constant", "cosine") or not 0 <= t.lr_min <= t.lr:
+            raise ConfigError(
+                f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r}) and "
+                f"train.lr_min must lie in [0, train.lr] (got {t.lr_min:g})"
+            )
         if t.val_metric not in ("final_loss", "log_final_loss"):
             raise ConfigError(
                 f"train.val_metric must be final_loss or log_final_loss, got {t.val_metric!r}"
@@ -155,6 +164,14 @@ def truncated_meta_loss(
     return total / length, params, state
 
 
+def meta_lr(t: L2OTrainConfig, iteration: int) -> float:
+    """The meta-learning rate of iteration `iteration` (0-based) under `t.lr_schedule`."""
+    if t.lr_schedule == "constant":
+        return t.lr
+    done = min(iteration / t.iterations, 1.0)
+    return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * done))
+
+
 def validate(net: LSTMOptimizer, config: L2OConfig, family: Any) -> float:
     """`train.val_metric` on the validation problems (lower is better; inf if any diverged)."""
     t = config.train
@@ -211,6 +228,8 @@ def train_l2o(
     with RunLogger(out, start_step=it) as logger, stop_on_interrupt() as interrupt:
         while it < t.iterations and elapsed() < budget:
             problems = draw(family, t.problems, t.horizon, config.seed, f"l2o-train-{it}")
+            for group in opt.param_groups:
+                group["lr"] = meta_lr(t, it)
             params = {k: p.clone().requires_grad_() for k, p in problems.params.items()}
             state = net.rule().init(params)
             for start in range(0, t.horizon, t.unroll):
@@ -235,7 +254,7 @@ def train_l2o(
             bar.update(1)
             done = it == t.iterations or elapsed() >= budget
             if it % t.log_every == 0 or done:
-                row = {"meta_loss": sum(window) / len(window)}
+                row = {"meta_loss": sum(window) / len(window), "lr": meta_lr(t, it - 1)}
                 logger.log(it, "train", row)
                 bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}")
                 window = []
