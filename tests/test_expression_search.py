@@ -19,19 +19,11 @@ from metakit.search import activation as activation_child
 from metakit.search import optimizer as optimizer_child
 from metakit.search.expression_search import Evaluator, load_expression_config, search_expressions
 from metakit.search.grammar import activation_grammar, optimizer_grammar
+from metakit.search.optimizer import SIGN_RULES
 from metakit.search.report import search_report
 from tests.test_search import synthetic_data
 
-POWERSIGN = [
-    ("sign_g", "sign_m", "x", "x", "mul"),  # sign(g)·sign(m̂)
-    ("exp", "g", "x", "mul"),  # exp(previous)·g
-    ("x", "g", "x", "keep"),
-]
-ADDSIGN = [
-    ("sign_g", "sign_m", "x", "x", "mul"),
-    ("x", "one", "x", "add"),  # previous + 1
-    ("x", "g", "x", "mul"),  # (previous)·g
-]
+POWERSIGN, ADDSIGN = SIGN_RULES["powersign"], SIGN_RULES["addsign"]
 
 
 def quadratic_steps(rule, steps=25, seed=0):

@@ -62,6 +62,18 @@ def expression_rule(expression: Expression, lr: float | Params) -> UpdateRule:
     return UpdateRule(init, update)
 
 
+# Bello et al.'s discovered families as token groups of the depth-3 optimizer grammar (each group:
+# operand/previous, operand, unary, unary, binary), to score them with a search's own reward
+SIGN_RULES: dict[str, list[tuple[str, ...]]] = {
+    "powersign": [  # e^{sign(g)·sign(m̂)}·g
+        ("sign_g", "sign_m", "x", "x", "mul"), ("exp", "g", "x", "mul"), ("x", "g", "x", "keep"),
+    ],
+    "addsign": [  # (1 + sign(g)·sign(m̂))·g
+        ("sign_g", "sign_m", "x", "x", "mul"), ("x", "one", "x", "add"), ("x", "g", "x", "mul"),
+    ],
+}  # fmt: skip
+
+
 def probes(seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """Operand values at a few gradient scales, for `Expression.check`."""
     gen = torch.Generator().manual_seed(seed)
