@@ -62,8 +62,9 @@ def expression_rule(expression: Expression, lr: float | Params) -> UpdateRule:
     return UpdateRule(init, update)
 
 
-# Bello et al.'s discovered families as token groups of the depth-3 optimizer grammar (each group:
-# operand/previous, operand, unary, unary, binary), to score them with a search's own reward
+# Bello et al.'s discovered families as token names of the depth-3 optimizer grammar (`Grammar.
+# tokens`: (op1, op2, u1, u2, b), then (u1 of the previous value, op2, u2, b) per later group), to
+# score them with a search's own reward
 SIGN_RULES: dict[str, list[tuple[str, ...]]] = {
     "powersign": [  # e^{sign(g)·sign(m̂)}·g
         ("sign_g", "sign_m", "x", "x", "mul"), ("exp", "g", "x", "mul"), ("x", "g", "x", "keep"),
