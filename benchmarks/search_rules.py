@@ -79,6 +79,7 @@ def sign_rule_rewards(run_dir: Path) -> dict[str, float]:
 def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for seed in args.seeds:
+        sign_rewards: dict[str, float] = {}  # one child task per seed, whichever the policy
         for policy in ("controller", "random"):
             run_dir = args.out / f"{target}-{policy}-seed{seed}"
             if (run_dir / "result.json").exists():
@@ -106,9 +107,12 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
             }
             if target == "optimizer":
                 row["sign_family_in_top5"] = any(is_sign_family(t["design"]) for t in top[:5])
-                row.update(sign_rule_rewards(run_dir))
-                bar = max(row["powersign_reward"], row["addsign_reward"])
-                row["top5_better_than_both_sign_rules"] = sum(t["reward"] > bar for t in top[:5])
+                sign_rewards = sign_rewards or sign_rule_rewards(run_dir)
+                row.update(sign_rewards)
+                best_sign = max(sign_rewards.values())
+                row["top5_better_than_both_sign_rules"] = sum(
+                    t["reward"] > best_sign for t in top[:5]
+                )
             else:
                 from metakit.search.grammar import activation_grammar
 
