@@ -67,7 +67,7 @@ def sign_rule_rewards(run_dir: Path) -> dict[str, float]:
 
     config = load_expression_config("optimizer", run_dir / "config.yaml")
     data = load_image_data(config.dataset, config.val_images, config.seed)
-    evaluate = Evaluator(config, ChildTask.from_data(data, config.child_train, config.child_val))
+    evaluate = Evaluator(config, ChildTask.from_data(data, config.child_train, config.val))
     grammar = config.grammar()
     return {
         f"{name}_reward": evaluate(grammar.expression(grammar.tokens(*groups)))["reward"]
@@ -114,9 +114,9 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
                     t["reward"] > best_sign for t in top[:5]
                 )
             else:
-                from metakit.search.grammar import activation_grammar
+                from metakit.search.expression_search import load_expression_config
 
-                grammar = activation_grammar(depth=2)
+                grammar = load_expression_config("activation", run_dir / "config.yaml").grammar()
                 row["swish_like_in_top10"] = any(
                     swish_like(grammar.expression(t["tokens"])) for t in top[:10]
                 )
@@ -217,7 +217,9 @@ def swish_part(args: argparse.Namespace) -> dict[str, Any]:
 
     data = load_image_data()
     task = ChildTask.from_data(data, 10000, 5000)
-    test_task = ChildTask(task.train_x, task.train_y, data.test_x.flatten(1), data.test_y, 10)
+    test_task = ChildTask(
+        task.train_x, task.train_y, data.test_x.flatten(1), data.test_y, 10, task.image_shape
+    )
     rows = []
     for seed in args.seeds:
         for name in ("swish", "relu", "gelu", "elu"):

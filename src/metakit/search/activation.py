@@ -20,30 +20,35 @@ def probes() -> list[dict[str, torch.Tensor]]:
     return [{"x": torch.linspace(-6, 6, 121)}, {"x": torch.randn(121, generator=gen)}]
 
 
-def child_mlp(
-    inputs: int, classes: int, hidden: int, layers: int, activation: Callable[[], nn.Module]
+def child_cnn(
+    image_shape: tuple[int, int, int],
+    classes: int,
+    activation: Callable[[], nn.Module],
+    channels: tuple[int, ...] = (16, 32, 32),
 ) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    width = inputs
-    for _ in range(layers):
-        blocks += [nn.Linear(width, hidden), activation()]
-        width = hidden
-    return nn.Sequential(*blocks, nn.Linear(width, classes))
+    """Convolution (3x3, stride 2), batch norm and the activation per stage, then global average
+    pooling: a small cousin of the paper's ResNet child. Pooling makes the nonlinearity carry the
+    accuracy (with the identity it falls to ~60% on Fashion-MNIST), and batch norm takes the
+    activation's scale out of the reward, so shape, not step size, is what is ranked."""
+    blocks: list[nn.Module] = [nn.Unflatten(1, image_shape)]
+    width = image_shape[0]
+    for c in channels:
+        blocks += [nn.Conv2d(width, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), activation()]
+        width = c
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
 
 
 def train_child(
     activation: Callable[[], nn.Module],
     task: ChildTask,
-    steps: int = 300,
+    steps: int = 200,
     lr: float = 3e-3,
     batch_size: int = 128,
-    hidden: int = 64,
-    layers: int = 3,
     seed: int = 0,
 ) -> float:
-    """Validation accuracy of an MLP (Adam) after `steps` minibatches; 0 if it diverged."""
+    """Validation accuracy of the child CNN (Adam) after `steps` minibatches; 0 if it diverged."""
     torch.manual_seed(seed)
-    net = child_mlp(task.train_x.shape[1], task.num_classes, hidden, layers, activation)
+    net = child_cnn(task.image_shape, task.num_classes, activation)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(steps):
@@ -55,8 +60,9 @@ def train_child(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
+    net.eval()
     with torch.no_grad():
-        logits = net(task.val_x)
+        logits = torch.cat([net(x) for x in task.val_x.split(1000)])
         if not torch.isfinite(logits).all():
             return 0.0
         return float((logits.argmax(-1) == task.val_y).float().mean())

@@ -96,6 +96,7 @@ class ChildTask:
     val_x: torch.Tensor
     val_y: torch.Tensor
     num_classes: int
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width) of a row
 
     @classmethod
     def from_data(cls, data: ImageData, train: int, val: int) -> ChildTask:
@@ -105,6 +106,7 @@ class ChildTask:
             data.val_x[:val].flatten(1),
             data.val_y[:val],
             data.num_classes,
+            tuple(data.train_x.shape[1:]),
         )
 
 
