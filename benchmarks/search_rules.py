@@ -5,10 +5,11 @@ Protocol. Child task: a Fashion-MNIST subset (2,000 training images; rewards on 
 seeded 5,000-image validation split cut from the training set), the test split never seen by a
 search. Optimizer child: MLP 784-32-10 (ReLU), 50 steps of 128, the best of the rates
 1e-3, 1e-2, 1e-1, 1 (at 200 steps most sensible rules reach the same ~80% plateau). Activation
-child: MLP 784-64-64-64-10 with the activation in every hidden layer (own learnable beta), Adam
-3e-3, 200 steps. Controller and random search run the same
-number of iterations of 8 designs (equal evaluations) per seed; each reports its best design's
-reward, and the mean over seeds with a t-based 95% CI.
+child: three stride-2 3x3 convolutions (16, 32, 32 channels), each with batch norm and the
+activation (own learnable beta), global average pooling and a linear layer; Adam 3e-3, 200 steps;
+rewards on 2,000 validation images; expressions of depth 1 (6,250 designs). Controller and random
+search run the same number of iterations of 8 designs (equal evaluations) per seed; each reports
+its best design's reward, and the mean over seeds with a t-based 95% CI.
 
 Parts:
   search-optimizer / search-activation: controller vs random, top designs as formulas
@@ -18,10 +19,12 @@ Parts:
         10,000 images, `heldout`), scored on the test split, over seeds
   swish: Swish vs ReLU, GELU, ELU in the activation child (1,000 steps, 10,000 training images),
         test accuracy over seeds
+  search-activation also reports whether an x * sigmoid(b x)-like function is in each top 10
 
     python benchmarks/search_rules.py --part sign,swish --seeds 0,1,2,3,4
     python benchmarks/search_rules.py --part search-optimizer --seeds 0,1,2 --iterations 100
     python benchmarks/search_rules.py --part sign --sign-tasks child   # rerun one task of a part
+    python benchmarks/search_rules.py --part sign --sign-tasks child --child-steps 200 --seeds 0,...
 """
 
 from __future__ import annotations
@@ -45,18 +48,6 @@ COARSE = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # the held-out task (20x the cost per tr
 
 def is_sign_family(formula: str) -> bool:
     return "sign(g)" in formula and "sign(m̂)" in formula
-
-
-def swish_like(expression: Any) -> bool:
-    """Close to x * sigmoid(b x) for some b (relative max error < 5% on [-5, 5], beta = 1)."""
-    x = torch.linspace(-5, 5, 201)
-    with torch.no_grad():
-        y = expression({"x": x}, torch.tensor(1.0))
-    for b in (0.25, 0.5, 1.0, 1.5, 2.0, 4.0):
-        s = x * torch.sigmoid(b * x)
-        if torch.isfinite(y).all() and (y - s).abs().max() < 0.05 * s.abs().max():
-            return True
-    return False
 
 
 def sign_rule_rewards(run_dir: Path) -> dict[str, float]:
@@ -114,12 +105,13 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
                     t["reward"] > best_sign for t in top[:5]
                 )
             else:
+                from metakit.search.activation import SWISH_LIKE, swish_distance
                 from metakit.search.expression_search import load_expression_config
 
                 grammar = load_expression_config("activation", run_dir / "config.yaml").grammar()
-                row["swish_like_in_top10"] = any(
-                    swish_like(grammar.expression(t["tokens"])) for t in top[:10]
-                )
+                distances = [swish_distance(grammar.expression(t["tokens"])) for t in top[:10]]
+                row["swish_distance_top10"] = min(distances, default=float("inf"))
+                row["swish_like_in_top10"] = row["swish_distance_top10"] < SWISH_LIKE
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
     summary = {}
@@ -182,8 +174,9 @@ def sign_part(args: argparse.Namespace) -> dict[str, Any]:
         "child": (child, 2000, args.child_steps, 128, FINE),
         "heldout": (heldout, 10000, 500, 64, COARSE),
     }
-    # the tasks not rerun keep their rows from the results file
-    rows = [r for r in args.previous.get("rows", []) if r["task"] not in args.sign_tasks]
+    # the tasks (at their step counts) not rerun keep their rows from the results file
+    rerun = {(t, tasks[t][2]) for t in args.sign_tasks}
+    rows = [r for r in args.previous.get("rows", []) if (r["task"], r["steps"]) not in rerun]
     for task in args.sign_tasks:
         build, n_train, steps, batch, grid = tasks[task]
         for seed in args.seeds:
@@ -199,12 +192,17 @@ def sign_part(args: argparse.Namespace) -> dict[str, Any]:
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     summary = {}
-    for task in dict.fromkeys(r["task"] for r in rows):
-        pick = {(r["rule"], r["seed"]): r["test"] for r in rows if r["task"] == task}
+    for task, steps in sorted(dict.fromkeys((r["task"], r["steps"]) for r in rows)):
+        pick = {
+            (r["rule"], r["seed"]): r["test"]
+            for r in rows
+            if (r["task"], r["steps"]) == (task, steps)
+        }
         seeds = sorted({s for _, s in pick})
+        label = f"{task} {steps} steps"
         for name in rules:
-            summary[f"{task} {name} test accuracy"] = seed_mean_ci([pick[name, s] for s in seeds])
-        summary[f"{task} powersign - momentum (paired)"] = seed_mean_ci(
+            summary[f"{label} {name} test accuracy"] = seed_mean_ci([pick[name, s] for s in seeds])
+        summary[f"{label} powersign - momentum (paired)"] = seed_mean_ci(
             [pick["powersign", s] - pick["momentum", s] for s in seeds]
         )
     return {"rows": rows, "summary": summary}

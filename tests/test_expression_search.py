@@ -65,6 +65,24 @@ def test_swish_built_from_tokens_equals_x_sigmoid_beta_x():
     assert act.beta.grad is not None  # beta is learned
 
 
+def test_swish_distance_tells_close_relatives_from_relu():
+    a = activation_grammar(depth=1)
+    dist = {
+        name: activation_child.swish_distance(a.expression(a.tokens(("x", "x", *parts))))
+        for name, parts in {
+            "swish": ("beta_x", "x", "sigmoid_mul"),
+            "x·σ(x)": ("x", "sigmoid", "mul"),
+            "relu": ("relu", "relu", "max"),
+            "tanh·relu": ("tanh", "relu", "mul"),
+            "identity": ("x", "x", "max"),
+        }.items()
+    }
+    gelu = activation_child.swish_distance(lambda d, b: torch.nn.functional.gelu(d["x"]))
+    assert dist["swish"] < 1e-6 and dist["x·σ(x)"] < 1e-6 and gelu < 0.03
+    assert min(dist["relu"], dist["tanh·relu"], dist["identity"]) > activation_child.SWISH_LIKE
+    assert 0.13 < dist["relu"] < 0.15
+
+
 def test_invalid_expressions_are_rejected_with_a_reason():
     act = activation_grammar(depth=2)
     evaluate = Evaluator(
@@ -166,6 +184,31 @@ def test_child_tasks_reward_good_designs_above_bad_ones():
     r_good = activation_child.activation_reward(relu, task, steps=60, seed=0)
     assert r_good > 0.6
     assert r_good >= activation_child.activation_reward(flat, task, steps=60, seed=0)
+
+
+def test_activation_child_needs_a_nonlinearity():
+    """After global pooling a linear network sees only the mean of linear filters of an image:
+    two classes of zero-mean noise that differ in contrast alone defeat the identity, not ReLU."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(2, (400,), generator=g)
+    x = torch.randn(400, 1, 12, 12, generator=g) * (1 + 2 * y.float())[:, None, None, None]
+    task = optimizer_child.ChildTask(x[:200].flatten(1), y[:200], x[200:].flatten(1), y[200:], 2,
+                                     (1, 12, 12))  # fmt: skip
+    a = activation_grammar(depth=1)
+    relu = a.expression(a.tokens(("x", "x", "relu", "relu", "max")))
+    identity = a.expression(a.tokens(("x", "x", "x", "x", "max")))
+    r_relu = activation_child.activation_reward(relu, task, steps=40, seed=0)
+    r_identity = activation_child.activation_reward(identity, task, steps=40, seed=0)
+    assert r_relu > 0.9 and r_identity < 0.75, (r_relu, r_identity)
+
+
+def test_expression_config_defaults_per_target():
+    opt, act = (load_expression_config(t) for t in ("optimizer", "activation"))
+    assert (opt.steps, opt.val, opt.grammar().depth) == (50, 1000, 3)
+    assert (act.steps, act.val, act.grammar().depth) == (200, 2000, 1)
+    assert load_expression_config("activation", overrides=["child_val=300"]).val == 300
+    with pytest.raises(ConfigError, match="child_val must lie in"):
+        load_expression_config("activation", overrides=["child_val=5000"])
 
 
 TINY = [

@@ -3,6 +3,7 @@ rewarded by the short training of a small child network that uses it in every hi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,21 @@ from torch import nn
 from metakit.models.activations import ExpressionActivation, make_activation
 from metakit.search.grammar import Expression
 from metakit.search.optimizer import ChildTask
+
+SWISH_LIKE = 0.1  # `swish_distance` below which a design counts as a close relative of Swish
+
+
+def swish_distance(expression: Expression, beta: float = 1.0) -> float:
+    """How far an activation is from Swish: min over b in [0.5, 2] of max |f(x) - x·σ(bx)| on
+    x in [-4, 4] (inf if not finite). GELU (≈ x·σ(1.702x)) is 0.02 away; ReLU, the limit
+    b -> inf, is 0.14 away, so a threshold of 0.1 keeps Swish's smooth dip below zero."""
+    x = torch.linspace(-4, 4, 401)
+    with torch.no_grad():
+        y = expression({"x": x}, torch.tensor(beta)).expand_as(x)
+    if not torch.isfinite(y).all():
+        return math.inf
+    b = torch.linspace(0.5, 2.0, 31)[:, None]
+    return float((y - x * torch.sigmoid(b * x)).abs().amax(1).min())
 
 
 def probes() -> list[dict[str, torch.Tensor]]:
