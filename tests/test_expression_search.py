@@ -75,11 +75,15 @@ def test_swish_distance_tells_close_relatives_from_relu():
             "relu": ("relu", "relu", "max"),
             "tanh·relu": ("tanh", "relu", "mul"),
             "identity": ("x", "x", "max"),
+            "-swish": ("x", "neg", "sigmoid_mul"),  # σ(x)·-x
+            "min(x, 0)": ("min0", "min0", "max"),  # -relu(-x)
         }.items()
     }
     gelu = activation_child.swish_distance(lambda d, b: torch.nn.functional.gelu(d["x"]))
     assert dist["swish"] < 1e-6 and dist["x·σ(x)"] < 1e-6 and gelu < 0.03
+    assert dist["-swish"] < 1e-6
     assert min(dist["relu"], dist["tanh·relu"], dist["identity"]) > activation_child.SWISH_LIKE
+    assert dist["min(x, 0)"] == pytest.approx(dist["relu"])
     assert 0.13 < dist["relu"] < 0.15
 
 

@@ -19,15 +19,18 @@ SWISH_LIKE = 0.1  # `swish_distance` below which a design counts as a close rela
 
 def swish_distance(expression: Expression, beta: float = 1.0) -> float:
     """How far an activation is from Swish: min over b in [0.5, 2] of max |f(x) - x·σ(bx)| on
-    x in [-4, 4] (inf if not finite). GELU (≈ x·σ(1.702x)) is 0.02 away; ReLU, the limit
+    x in [-4, 4] (inf if not finite), taking the best of f(x), -f(x), f(-x) and -f(-x): the
+    child's batch norm before and linear layer after an activation absorb either sign flip, so
+    the four train the same networks. GELU (≈ x·σ(1.702x)) is 0.02 away; ReLU, the limit
     b -> inf, is 0.14 away, so a threshold of 0.1 keeps Swish's smooth dip below zero."""
-    x = torch.linspace(-4, 4, 401)
+    x = torch.linspace(-4, 4, 401)  # symmetric: x.flip(0) == -x
     with torch.no_grad():
         y = expression({"x": x}, torch.tensor(beta)).expand_as(x)
     if not torch.isfinite(y).all():
         return math.inf
+    variants = torch.stack([y, -y, y.flip(0), -y.flip(0)])[:, None]
     b = torch.linspace(0.5, 2.0, 31)[:, None]
-    return float((y - x * torch.sigmoid(b * x)).abs().amax(1).min())
+    return float((variants - x * torch.sigmoid(b * x)).abs().amax(-1).min())
 
 
 def probes() -> list[dict[str, torch.Tensor]]:

@@ -188,6 +188,9 @@ def search_expressions(
         meta = load_state(last, modules, optimizers, generators)
         it, seconds, reinforce.baseline = meta["iteration"], meta["seconds"], meta["baseline"]
     config.metakit_version = __version__
+    # the run's config.yaml names the defaults it ran with, so a later change of default cannot
+    # change what --resume or a report reads
+    config.depth, config.child_steps, config.child_val = grammar.depth, config.steps, config.val
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     evaluate = Evaluator(config, task)
