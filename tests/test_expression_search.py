@@ -261,6 +261,9 @@ def test_expression_search_resume_equals_an_uninterrupted_search(tmp_path, monke
     assert full["top"] and all("design" in t for t in full["top"])
     report = search_report(tmp_path / "full")
     assert report["top"][0]["design"] == full["top"][0]["design"]
+    if target == "activation":
+        assert all(t["swish_distance"] >= 0 for t in full["top"])
+        assert "Closest to Swish" in (tmp_path / "full" / "report.md").read_text()
 
 
 @pytest.mark.slow

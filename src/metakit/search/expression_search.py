@@ -257,5 +257,11 @@ def search_expressions(
         "search_seconds": round(seconds, 1),
         "top": top_designs(rows, config.top),
     }
+    if config.target == "activation":  # is Swish, or a close relative, among the top?
+        from metakit.search.activation import swish_distance
+
+        for t in result["top"]:
+            d = swish_distance(grammar.expression(t["tokens"]))
+            t["swish_distance"] = round(d, 4) if math.isfinite(d) else None
     write_json(out / "result.json", result)
     return result

@@ -85,6 +85,17 @@ def search_report(run_dir: Path, out: Path | None = None, top: int = 10) -> dict
     lines += ["| rank | design | reward | phase | epoch |", "|---:|---|---:|---|---:|"]
     for i, r in enumerate(ranked, 1):
         lines.append(f"| {i} | `{label(r)}` | {r['reward']:.4f} | {r['split']} | {r['step']} |")
+    near = [t for t in (result or {}).get("top", []) if t.get("swish_distance") is not None]
+    if near:
+        from metakit.search.activation import SWISH_LIKE
+
+        t = min(near, key=lambda t: t["swish_distance"])
+        verdict = "a close relative" if t["swish_distance"] < SWISH_LIKE else "not a close relative"
+        lines += [
+            "",
+            f"Closest to Swish x·σ(bx) among the top {len(result['top'])}: `{t['design']}`, "
+            f"{t['swish_distance']:.3f} away ({verdict}; below {SWISH_LIKE} counts).",
+        ]
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n")
     return {
