@@ -109,7 +109,9 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
                 from metakit.search.expression_search import load_expression_config
 
                 grammar = load_expression_config("activation", run_dir / "config.yaml").grammar()
-                distances = [swish_distance(grammar.expression(t["tokens"])) for t in top[:10]]
+                for t in row["top"]:
+                    t["swish_distance"] = swish_distance(grammar.expression(t["tokens"]))
+                distances = [t["swish_distance"] for t in row["top"]]
                 row["swish_distance_top10"] = min(distances, default=float("inf"))
                 row["swish_like_in_top10"] = row["swish_distance_top10"] < SWISH_LIKE
             rows.append(row)
@@ -254,7 +256,12 @@ def markdown(results: dict[str, Any]) -> str:
                     )
                 lines += ["", f"Top designs, {row['policy']} seed {row['seed']}{refs}:", ""]
                 lines += [
-                    f"{i}. `{t['design']}` ({100 * t['reward']:.2f})"
+                    f"{i}. `{t['design']}` ({100 * t['reward']:.2f}"
+                    + (
+                        f"; Swish distance {t['swish_distance']:.3f})"
+                        if "swish_distance" in t
+                        else ")"
+                    )
                     for i, t in enumerate(row["top"][:10], 1)
                 ]
         lines.append("")
