@@ -105,14 +105,15 @@ def search_part(target: str, args: argparse.Namespace) -> dict[str, Any]:
                     t["reward"] > best_sign for t in top[:5]
                 )
             else:
-                from metakit.search.activation import SWISH_LIKE, swish_distance
+                from metakit.search.activation import SWISH_LIKE, mark_swish_distance
                 from metakit.search.expression_search import load_expression_config
 
                 grammar = load_expression_config("activation", run_dir / "config.yaml").grammar()
-                for t in row["top"]:
-                    t["swish_distance"] = swish_distance(grammar.expression(t["tokens"]))
+                mark_swish_distance(grammar, row["top"])  # runs older than the field lack it
                 distances = [t["swish_distance"] for t in row["top"]]
-                row["swish_distance_top10"] = min(distances, default=float("inf"))
+                row["swish_distance_top10"] = min(
+                    (d for d in distances if d is not None), default=float("inf")
+                )
                 row["swish_like_in_top10"] = row["swish_distance_top10"] < SWISH_LIKE
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "top"}), flush=True)
@@ -259,7 +260,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{i}. `{t['design']}` ({100 * t['reward']:.2f}"
                     + (
                         f"; Swish distance {t['swish_distance']:.3f})"
-                        if "swish_distance" in t
+                        if t.get("swish_distance") is not None
                         else ")"
                     )
                     for i, t in enumerate(row["top"][:10], 1)

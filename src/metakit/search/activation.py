@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metakit.models.activations import ExpressionActivation, make_activation
-from metakit.search.grammar import Expression
+from metakit.search.grammar import Expression, Grammar
 from metakit.search.optimizer import ChildTask
 
 SWISH_LIKE = 0.1  # `swish_distance` below which a design counts as a close relative of Swish
@@ -31,6 +32,13 @@ def swish_distance(expression: Expression, beta: float = 1.0) -> float:
     variants = torch.stack([y, -y, y.flip(0), -y.flip(0)])[:, None]
     b = torch.linspace(0.5, 2.0, 31)[:, None]
     return float((variants - x * torch.sigmoid(b * x)).abs().amax(-1).min())
+
+
+def mark_swish_distance(grammar: Grammar, designs: list[dict[str, Any]]) -> None:
+    """Give each design row (with its `tokens`) its `swish_distance`, None where not finite."""
+    for t in designs:
+        d = swish_distance(grammar.expression(t["tokens"]))
+        t["swish_distance"] = round(d, 4) if math.isfinite(d) else None
 
 
 def probes() -> list[dict[str, torch.Tensor]]:

@@ -96,8 +96,8 @@ class ExpressionSearchConfig:
 
     @property
     def val(self) -> int:
-        """Validation images per reward."""
-        return self.child_val or CHILD_VAL[self.target]
+        """Validation images per reward (the default capped at the validation split)."""
+        return self.child_val or min(CHILD_VAL[self.target], self.val_images)
 
     def grammar(self) -> Grammar:
         depth = self.depth or DEFAULT_DEPTH[self.target]
@@ -258,10 +258,8 @@ def search_expressions(
         "top": top_designs(rows, config.top),
     }
     if config.target == "activation":  # is Swish, or a close relative, among the top?
-        from metakit.search.activation import swish_distance
+        from metakit.search.activation import mark_swish_distance
 
-        for t in result["top"]:
-            d = swish_distance(grammar.expression(t["tokens"]))
-            t["swish_distance"] = round(d, 4) if math.isfinite(d) else None
+        mark_swish_distance(grammar, result["top"])
     write_json(out / "result.json", result)
     return result
